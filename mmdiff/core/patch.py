@@ -1,0 +1,192 @@
+"""Token geometry: how a modality's latent becomes a token sequence for the DiT, and back.
+
+A patcher owns ``patchify``, ``unpatchify``, the positional information (a fixed sin-cos table or
+rotary frequencies) and the token ``grid`` that frame attention regroups by. The DiT never looks
+at pixels, frames or characters, only at ``(B, N, token_dim)`` tokens and this object.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class PatchConfig:
+    """``kind``: "image" (B,C,H,W), "video" (B,T,C,H,W) or "sequence" (B,L,C).
+    ``size``: (H, W), (T, H, W) or (L,) of the largest input trained on."""
+
+    kind: str = "image"
+    channels: int = 4
+    size: tuple[int, ...] = (32, 32)
+    patch: int = 2
+    temporal_patch: int = 1
+    positions: str = "sincos"  # "sincos" | "learned" | "rope" (sequence only)
+
+
+# ------------------------------------------------------------------------------ sin-cos tables
+
+def sincos_1d(dim: int, positions: Tensor, max_period: float = 10000.0) -> Tensor:
+    """(N, dim) table ``[sin(p w), cos(p w)]`` with geometric frequencies (as in MAE/DiT)."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
+    omega = 1.0 / max_period ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = positions.double().reshape(-1, 1) * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_2d(dim: int, height: int, width: int) -> Tensor:
+    """(H*W, dim): half the channels encode the row, half the column (DiT's layout)."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs a dimension divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
+
+
+def rope_frequencies(head_dim: int, length: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """cos/sin tables (L, head_dim/2) for rotary position embeddings (Su et al. 2021)."""
+    inv = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * inv[None]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate channel pairs of ``x`` (B, heads, L, head_dim) by position."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    cos, sin = cos[: x.shape[-2]].to(x.dtype), sin[: x.shape[-2]].to(x.dtype)
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+# ---------------------------------------------------------------------------------- patchers
+
+class Patcher(nn.Module):
+    """Base: subclasses set ``token_dim`` and implement the three methods below."""
+
+    token_dim: int
+
+    def patchify(self, x: Tensor) -> Tensor:  # (B, ..., ) -> (B, N, token_dim)
+        raise NotImplementedError
+
+    def unpatchify(self, tokens: Tensor, like: Tensor) -> Tensor:  # inverse, shaped like ``like``
+        raise NotImplementedError
+
+    def positions(self, like: Tensor) -> Tensor | None:  # (N, hidden) added to tokens, or None
+        raise NotImplementedError
+
+    def grid(self, like: Tensor) -> tuple[int, int] | None:
+        """``(frames, tokens_per_frame)`` for frame attention; None when there is no time axis."""
+        return None
+
+    def token_mask(self, mask: Tensor) -> Tensor:
+        """A per-element mask shaped like the input -> a per-token mask (B, N), 1 = given."""
+        tokens = self.patchify(mask.to(torch.float32))
+        return tokens.amax(-1)
+
+
+class ImagePatcher(Patcher):
+    """(B, C, H, W) -> (B, H/p * W/p, C*p*p); the channel order (c, p, q) equals a Conv2d's, so
+    conv patch-embedding weights reshape into ours."""
+
+    def __init__(self, config: PatchConfig, hidden: int):
+        super().__init__()
+        self.p = config.patch
+        self.token_dim = config.channels * self.p**2
+        h, w = config.size
+        if h % self.p or w % self.p:
+            raise ValueError(f"image size {config.size} is not divisible by patch size {self.p}")
+        self.register_buffer("pos", sincos_2d(hidden, h // self.p, w // self.p))
+        self.size = (h // self.p, w // self.p)
+
+    def patchify(self, x):
+        return rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=self.p, q=self.p)
+
+    def unpatchify(self, tokens, like):
+        h = like.shape[-2] // self.p
+        return rearrange(tokens, "b (h w) (c p q) -> b c (h p) (w q)", h=h, p=self.p, q=self.p)
+
+    def positions(self, like):
+        h, w = like.shape[-2] // self.p, like.shape[-1] // self.p
+        if (h, w) == self.size:
+            return self.pos
+        if h > self.size[0] or w > self.size[1]:
+            raise ValueError(f"input of {like.shape[-2]}x{like.shape[-1]} is larger than the trained "
+                             f"{self.size[0] * self.p}x{self.size[1] * self.p}")
+        return self.pos.reshape(*self.size, -1)[:h, :w].reshape(h * w, -1)
+
+
+class VideoPatcher(Patcher):
+    """(B, T, C, H, W) -> (B, T/pt * H/p * W/p, C*pt*p*p) tubelets, frame-major so that frame
+    attention can regroup by ``(frames, tokens_per_frame)``. Positions are separable: a 2-D
+    spatial table plus a 1-D temporal table."""
+
+    def __init__(self, config: PatchConfig, hidden: int):
+        super().__init__()
+        self.p, self.pt = config.patch, config.temporal_patch
+        t, h, w = config.size
+        if h % self.p or w % self.p or t % self.pt:
+            raise ValueError(f"video size {config.size} is not divisible by patches ({self.pt}, {self.p})")
+        self.token_dim = config.channels * self.pt * self.p**2
+        self.register_buffer("pos_space", sincos_2d(hidden, h // self.p, w // self.p))
+        self.register_buffer("pos_time", sincos_1d(hidden, torch.arange(t // self.pt)))
+
+    def patchify(self, x):
+        return rearrange(x, "b (t r) c (h p) (w q) -> b (t h w) (c r p q)", r=self.pt, p=self.p, q=self.p)
+
+    def unpatchify(self, tokens, like):
+        t, h = like.shape[1] // self.pt, like.shape[-2] // self.p
+        return rearrange(tokens, "b (t h w) (c r p q) -> b (t r) c (h p) (w q)",
+                         t=t, h=h, r=self.pt, p=self.p, q=self.p)
+
+    def grid(self, like):
+        return like.shape[1] // self.pt, (like.shape[-2] // self.p) * (like.shape[-1] // self.p)
+
+    def positions(self, like):
+        frames, _ = self.grid(like)
+        if frames > len(self.pos_time):
+            raise ValueError(f"{like.shape[1]} frames is more than the {len(self.pos_time) * self.pt} "
+                             f"this model was built for")
+        return (self.pos_time[:frames, None, :] + self.pos_space[None]).flatten(0, 1)
+
+
+class SequencePatcher(Patcher):
+    """(B, L, C) token features as they are; absolute positions are sin-cos or learned, or none
+    here when the attention applies rotary embeddings."""
+
+    def __init__(self, config: PatchConfig, hidden: int):
+        super().__init__()
+        self.token_dim = config.channels
+        self.mode = config.positions
+        length = config.size[0]
+        if self.mode == "learned":
+            self.pos = nn.Parameter(torch.zeros(length, hidden))
+            nn.init.normal_(self.pos, std=0.02)
+        elif self.mode == "sincos":
+            self.register_buffer("pos", sincos_1d(hidden, torch.arange(length)))
+        elif self.mode != "rope":
+            raise ValueError(f"unknown positions '{self.mode}'; choose sincos, learned or rope")
+        self.length = length
+
+    def patchify(self, x):
+        return x
+
+    def unpatchify(self, tokens, like):
+        return tokens
+
+    def positions(self, like):
+        if like.shape[1] > self.length:
+            raise ValueError(f"sequence of {like.shape[1]} tokens is longer than the {self.length} "
+                             f"this model was built for")
+        return None if self.mode == "rope" else self.pos[: like.shape[1]]
+
+
+PATCHERS = {"image": ImagePatcher, "video": VideoPatcher, "sequence": SequencePatcher}
+
+
+def build_patcher(config: PatchConfig, hidden: int) -> Patcher:
+    if config.kind not in PATCHERS:
+        raise ValueError(f"unknown patch kind '{config.kind}'; choose one of {sorted(PATCHERS)}")
+    return PATCHERS[config.kind](config, hidden)
