@@ -1,0 +1,527 @@
+"""Image autoencoders behind one interface: pixels <-> the latents a diffusion model works in.
+
+Every autoencoder answers ``encode(images) -> latents`` and ``decode(latents) -> images``, with
+images ``(B, C, H, W)`` in [-1, 1] and latents already scaled for diffusion,
+``(z - shift) * scale``, the shift and scale coming from the autoencoder's own config. Plugins and
+pipelines therefore never see a scaling constant. ``IdentityAutoencoder`` is pixel space;
+``AutoencoderKL`` is the Stable Diffusion VAE, parameter-for-parameter compatible with diffusers'
+``AutoencoderKL`` so a ``vae/`` folder from any SD-family model loads into it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmdiff.core.checkpoint import (CONFIG_NAME, PICKLE_SUFFIXES, CheckpointError, PretrainedMixin,
+                                    check_state_dict, config_from_dict, config_to_dict, load_tensors,
+                                    read_config_json, resolve_pretrained)
+
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+# ----------------------------------------------------------------------------- the interface
+
+class Autoencoder(nn.Module):
+    """Base class: batching, dtype handling, posterior sampling and latent scaling live here once;
+    a subclass supplies ``_encode_unscaled`` and ``_decode_unscaled`` for one batch chunk."""
+
+    latent_channels: int
+    downsample_factor: int
+    image_channels: int
+    has_posterior_noise = False  # whether encode(sample=True) draws from a posterior
+    # Largest chunk along B run through the network at once (None: the whole batch). Results do
+    # not depend on it, peak memory does.
+    encode_batch_size: int | None = None
+    decode_batch_size: int | None = None
+
+    def encode(self, images: torch.Tensor, generator: Generators = None, sample: bool = True) -> torch.Tensor:
+        """images (B, C, H, W) in [-1, 1] -> latents (B, c, H/f, W/f) scaled for diffusion, in the
+        images' dtype. ``sample=False`` returns the posterior mean; with a list of generators,
+        sample i is drawn from generator i alone, so it does not depend on the batch it is in.
+        More leading dims, e.g. video (B, T, C, H, W), are encoded frame by frame (one generator
+        per frame when a list is given)."""
+        self._check(images, self.image_channels, "encode", "images (B, {}, H, W)")
+        x = images.flatten(0, -4)  # (N, C, H, W)
+        device, dtype = self._compute_device_dtype(images)
+        noise = None
+        if sample and self.has_posterior_noise:
+            noise = posterior_noise(self.latent_shape(x.shape), generator, device, dtype)
+        x = x.to(device, dtype)
+        z = torch.cat([self._encode_unscaled(x[i], None if noise is None else noise[i])
+                       for i in _chunks(len(x), self.encode_batch_size)])
+        shift, scale = self._latent_shift_scale(z)
+        latents = ((z - shift) * scale).to(images.dtype).contiguous()
+        return latents.unflatten(0, images.shape[:-3])
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, c, h, w) as returned by ``encode`` -> images (B, C, h*f, w*f), roughly in
+        [-1, 1], in the latents' dtype. Leading dims are handled as in ``encode``."""
+        self._check(latents, self.latent_channels, "decode", "latents (B, {}, h, w)")
+        z = latents.flatten(0, -4)  # (N, c, h, w)
+        device, dtype = self._compute_device_dtype(latents)
+        z = z.to(device, dtype)
+        shift, scale = self._latent_shift_scale(z)
+        z = z / scale + shift
+        images = torch.cat([self._decode_unscaled(z[i]) for i in _chunks(len(z), self.decode_batch_size)])
+        return images.to(latents.dtype).unflatten(0, latents.shape[:-3])
+
+    def latent_shape(self, image_shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
+        """(B, C, H, W) -> (B, latent_channels, H/f, W/f)."""
+        *batch, _, h, w = image_shape
+        f = self.downsample_factor
+        return (*batch, self.latent_channels, h // f, w // f)
+
+    def fingerprint(self) -> str:
+        """sha256 over class, config and every tensor (name, dtype, shape, bytes): two autoencoders
+        with the same fingerprint produce the same latents, so a latent cache can be checked."""
+        h = hashlib.sha256(type(self).__name__.encode())
+        h.update(json.dumps(config_to_dict(self.config), sort_keys=True).encode())
+        for name, t in self.state_dict().items():
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    # -- hooks for subclasses
+
+    def _encode_unscaled(self, images: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode_unscaled(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _latent_shift_scale(self, like: torch.Tensor):
+        """(shift, scale) with latents = (z - shift) * scale; floats or tensors broadcastable to z."""
+        return 0.0, 1.0
+
+    def _compute_device_dtype(self, x: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+        """Where and in what dtype the network runs: the weights' own, or the input's when the
+        autoencoder has no weights."""
+        p = next(self.parameters(), None)
+        return (x.device, x.dtype) if p is None else (p.device, p.dtype)
+
+    # -- input checks, so a wrong tensor fails here and not deep inside a conv
+
+    def _check(self, x: torch.Tensor, channels: int, method: str, expected: str) -> None:
+        name = f"{type(self).__name__}.{method}"
+        if x.ndim < 4 or x.shape[-3] != channels:
+            raise ValueError(f"{name} expects {expected.format(channels)}, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} expects a floating tensor (images in [-1, 1]), got {x.dtype}")
+        f = self.downsample_factor
+        if method == "encode" and (x.shape[-2] % f or x.shape[-1] % f):
+            raise ValueError(f"{name}: height and width must be multiples of the downsample factor {f}, "
+                             f"got {tuple(x.shape[-2:])}")
+
+
+def _chunks(n: int, size: int | None) -> list[slice]:
+    size = n if not size else size
+    return [slice(i, i + size) for i in range(0, n, size)] or [slice(0, 0)]
+
+
+def posterior_noise(shape: tuple[int, ...], generator: Generators, device: torch.device,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal noise of ``shape``, drawn on the generator's device (as diffusers'
+    ``randn_tensor`` does, so the same seed gives the same sample) and moved to ``device``."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per "
+                             f"sample or a single torch.Generator")
+        draws = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.cat([d.to(device) for d in draws])
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+
+
+# ----------------------------------------------------------------------------- pixel space
+
+@dataclass
+class IdentityConfig:
+    channels: int = 3
+
+
+class IdentityAutoencoder(PretrainedMixin, Autoencoder):
+    """Pixel space: latents are the images themselves (factor 1, no scaling)."""
+
+    config_class = IdentityConfig
+
+    def __init__(self, config: IdentityConfig | int = 3):
+        super().__init__()
+        self.config = config if isinstance(config, IdentityConfig) else IdentityConfig(channels=config)
+        self.image_channels = self.latent_channels = self.config.channels
+        self.downsample_factor = 1
+
+    def _encode_unscaled(self, images, noise):
+        return images
+
+    def _decode_unscaled(self, z):
+        return z
+
+
+# ----------------------------------------------------------------------------- the SD-family VAE
+
+ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}
+DOWN_BLOCK = "DownEncoderBlock2D"
+UP_BLOCK = "UpDecoderBlock2D"
+# Architecture constants of diffusers' VAE, not tunables: every GroupNorm uses this eps, and the
+# posterior log-variance is clamped to this range before exp() so a bad input cannot overflow.
+NORM_EPS = 1e-6
+LOGVAR_RANGE = (-30.0, 20.0)
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+# Attention weight names of diffusers checkpoints saved before its attention refactor; SD 1.x
+# vae/ folders on the Hub still carry them.
+LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+@dataclass
+class AutoencoderKLConfig:
+    """diffusers' ``AutoencoderKL`` options under diffusers' names. The defaults are diffusers'
+    defaults, so an old ``config.json`` that omits a key (early SD 1.x folders have no
+    ``scaling_factor``) means what it meant to diffusers."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    down_block_types: tuple[str, ...] = (DOWN_BLOCK,)
+    up_block_types: tuple[str, ...] = (UP_BLOCK,)
+    block_out_channels: tuple[int, ...] = (64,)
+    layers_per_block: int = 1
+    act_fn: str = "silu"
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    sample_size: int | tuple[int, ...] = 32
+    scaling_factor: float = 0.18215
+    shift_factor: float | None = None
+    latents_mean: tuple[float, ...] | None = None  # per-channel shift (SDXL-style); excludes shift_factor
+    latents_std: tuple[float, ...] | None = None   # per-channel std, divides scaling_factor
+    force_upcast: bool = True
+    use_quant_conv: bool = True
+    use_post_quant_conv: bool = True
+    mid_block_add_attention: bool = True
+
+    def __post_init__(self):
+        for name in ("down_block_types", "up_block_types", "block_out_channels", "sample_size",
+                     "latents_mean", "latents_std"):  # JSON gives lists; keep configs comparable
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
+        n = len(self.block_out_channels)
+        if set(self.down_block_types) != {DOWN_BLOCK} or set(self.up_block_types) != {UP_BLOCK}:
+            raise ValueError(f"only {DOWN_BLOCK}/{UP_BLOCK} blocks are supported, got "
+                             f"{self.down_block_types} / {self.up_block_types}")
+        if len(self.down_block_types) != n or len(self.up_block_types) != n:
+            raise ValueError(f"need one down and one up block per entry of block_out_channels ({n}), got "
+                             f"{len(self.down_block_types)} and {len(self.up_block_types)}")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"every block_out_channels entry {self.block_out_channels} must be divisible "
+                             f"by norm_num_groups={self.norm_num_groups}")
+        if self.act_fn.lower() not in ACTIVATIONS:
+            raise ValueError(f"act_fn '{self.act_fn}' is not one of {sorted(ACTIVATIONS)}")
+        for name in ("latents_mean", "latents_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.latent_channels:
+                raise ValueError(f"{name} has {len(value)} entries, latent_channels is {self.latent_channels}")
+        if self.latents_mean is not None and self.shift_factor is not None:
+            raise ValueError("set either shift_factor or latents_mean, not both")
+
+
+class ResnetBlock(nn.Module):
+    """diffusers' ``ResnetBlock2D`` without a time embedding: two norm-act-conv steps plus a skip
+    (a 1x1 conv when the channel count changes)."""
+
+    def __init__(self, cin: int, cout: int, groups: int, act: str):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin, eps=NORM_EPS)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, cout, eps=NORM_EPS)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.nonlinearity = ACTIVATIONS[act.lower()]()
+        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x):  # (B, cin, H, W) -> (B, cout, H, W)
+        h = self.conv1(self.nonlinearity(self.norm1(x)))
+        h = self.conv2(self.nonlinearity(self.norm2(h)))
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return skip + h
+
+
+class SelfAttention(nn.Module):
+    """Single-head spatial self-attention of the VAE mid block (diffusers' ``Attention`` as the
+    VAE configures it: group norm in, residual out), run by ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.group_norm = nn.GroupNorm(groups, channels, eps=NORM_EPS)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])  # diffusers' name: to_out.0
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        tokens = self.group_norm(x.flatten(2)).transpose(1, 2)  # (B, HW, C); norm on 3D as diffusers does
+        q, k, v = (proj(tokens).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # (B, 1, HW, C)
+        out = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # (B, HW, C)
+        out = self.to_out[0](out).transpose(1, 2).reshape(b, c, h, w)  # a channels-last view
+        return out + x  # out first: the sum keeps its layout, as in diffusers, so later convs round alike
+
+
+class MidBlock(nn.Module):
+    """resnet, attention (optional), resnet at the lowest resolution (diffusers' ``UNetMidBlock2D``)."""
+
+    def __init__(self, channels: int, groups: int, act: str, attention: bool):
+        super().__init__()
+        self.attentions = nn.ModuleList([SelfAttention(channels, groups)] if attention else [])
+        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups, act) for _ in range(2)])
+
+    def forward(self, x):
+        x = self.resnets[0](x)
+        for attn in self.attentions:
+            x = attn(x)
+        return self.resnets[1](x)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x):  # (B, C, H, W) -> (B, C, H/2, W/2)
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric pad, as the original SD VAE was trained
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):  # (B, C, H, W) -> (B, C, 2H, 2W)
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class DownEncoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, act: str, downsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(cin if i == 0 else cout, cout, groups, act) for i in range(layers)])
+        self.downsamplers = nn.ModuleList([Downsample(cout)] if downsample else [])
+
+    def forward(self, x):
+        for layer in [*self.resnets, *self.downsamplers]:
+            x = layer(x)
+        return x
+
+
+class UpDecoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, act: str, upsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(cin if i == 0 else cout, cout, groups, act) for i in range(layers)])
+        self.upsamplers = nn.ModuleList([Upsample(cout)] if upsample else [])
+
+    def forward(self, x):
+        for layer in [*self.resnets, *self.upsamplers]:
+            x = layer(x)
+        return x
+
+
+class Encoder(nn.Module):
+    """images -> posterior moments (mean and log-variance stacked on channels)."""
+
+    def __init__(self, cfg: AutoencoderKLConfig):
+        super().__init__()
+        ch, groups, act, n = cfg.block_out_channels, cfg.norm_num_groups, cfg.act_fn, len(cfg.block_out_channels)
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList([
+            DownEncoderBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, groups, act, downsample=i < n - 1)
+            for i in range(n)])
+        self.mid_block = MidBlock(ch[-1], groups, act, cfg.mid_block_add_attention)
+        self.conv_norm_out = nn.GroupNorm(groups, ch[-1], eps=NORM_EPS)
+        self.conv_act = nn.SiLU()  # diffusers uses SiLU here whatever act_fn says
+        self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
+
+    def forward(self, x):  # (B, C, H, W) -> (B, 2c, H/f, W/f)
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        x = self.mid_block(x)
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))
+
+
+class Decoder(nn.Module):
+    """latents (unscaled) -> images."""
+
+    def __init__(self, cfg: AutoencoderKLConfig):
+        super().__init__()
+        ch, groups, act, n = cfg.block_out_channels[::-1], cfg.norm_num_groups, cfg.act_fn, len(cfg.block_out_channels)
+        # ch runs widest first: the decoder mirrors the encoder
+        self.conv_in = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
+        self.mid_block = MidBlock(ch[0], groups, act, cfg.mid_block_add_attention)
+        self.up_blocks = nn.ModuleList([
+            UpDecoderBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block + 1, groups, act, upsample=i < n - 1)
+            for i in range(n)])
+        self.conv_norm_out = nn.GroupNorm(groups, ch[-1], eps=NORM_EPS)
+        self.conv_act = nn.SiLU()  # as in Encoder
+        self.conv_out = nn.Conv2d(ch[-1], cfg.out_channels, 3, padding=1)
+
+    def forward(self, z):  # (B, c, h, w) -> (B, C, h*f, w*f)
+        x = self.mid_block(self.conv_in(z))
+        for block in self.up_blocks:
+            x = block(x)
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))
+
+
+class AutoencoderKL(PretrainedMixin, Autoencoder):
+    """The Stable Diffusion VAE; parameter names equal diffusers' ``AutoencoderKL`` state dict."""
+
+    config_class = AutoencoderKLConfig
+    has_posterior_noise = True
+
+    def __init__(self, config: AutoencoderKLConfig):
+        super().__init__()
+        self.config = config
+        self.image_channels, self.latent_channels = config.in_channels, config.latent_channels
+        self.downsample_factor = 2 ** (len(config.block_out_channels) - 1)
+        c = config.latent_channels
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.quant_conv = nn.Conv2d(2 * c, 2 * c, 1) if config.use_quant_conv else None
+        self.post_quant_conv = nn.Conv2d(c, c, 1) if config.use_post_quant_conv else None
+
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, C, H, W), in the dtype ``encode`` computes in -> (mean, std) of the diagonal
+        Gaussian posterior over unscaled z (useful for a KL term; ``encode`` is the usual entry)."""
+        moments = self._run(self.encoder, images)
+        if self.quant_conv is not None:
+            moments = self._run(self.quant_conv, moments)
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, torch.exp(0.5 * logvar.clamp(*LOGVAR_RANGE))
+
+    def _encode_unscaled(self, images, noise):
+        mean, std = self.posterior(images)
+        return mean if noise is None else mean + std * noise
+
+    def _decode_unscaled(self, z):
+        if self.post_quant_conv is not None:
+            z = self._run(self.post_quant_conv, z)
+        return self._run(self.decoder, z)
+
+    def _latent_shift_scale(self, like):
+        cfg = self.config
+
+        def as_channels(values):  # per-channel statistics, broadcast over (B, c, h, w)
+            return torch.tensor(values, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+
+        shift = as_channels(cfg.latents_mean) if cfg.latents_mean is not None else (cfg.shift_factor or 0.0)
+        scale = cfg.scaling_factor / as_channels(cfg.latents_std) if cfg.latents_std is not None else cfg.scaling_factor
+        return shift, scale
+
+    def _compute_device_dtype(self, x):
+        device, dtype = super()._compute_device_dtype(x)
+        return device, torch.float32 if self._upcast(dtype) else dtype
+
+    def _upcast(self, dtype: torch.dtype) -> bool:
+        """SD-family VAEs overflow in fp16 and lose detail in bf16; diffusers marks them with
+        ``force_upcast``, and then half-precision weights are run in fp32."""
+        return self.config.force_upcast and dtype in (torch.float16, torch.bfloat16)
+
+    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``module(x)``, through fp32 copies of its weights when upcasting. The module itself is
+        never cast, so this is safe under autograd, inference mode and concurrent calls."""
+        if not self._upcast(next(module.parameters()).dtype):
+            return module(x)
+        fp32 = {name: w.float() for name, w in module.named_parameters()}
+        return torch.func.functional_call(module, fp32, (x,))
+
+    # -- loading diffusers folders
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, *, subfolder: str | None = None,
+                        dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+        """Our own folder (``config.json`` + ``model.safetensors``) or a diffusers ``vae/`` folder."""
+        folder = resolve_pretrained(folder, subfolder)
+        if _is_diffusers_folder(folder):
+            return cls.from_diffusers(folder, dtype=dtype, device=device)
+        return super().from_pretrained(folder, dtype=dtype, device=device)
+
+    @classmethod
+    def from_diffusers(cls, folder: str | os.PathLike, *, subfolder: str | None = None, variant: str | None = None,
+                       dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+        """Load a diffusers ``AutoencoderKL`` folder (``config.json`` with ``_class_name`` plus
+        ``diffusion_pytorch_model[.variant].safetensors``); pickle weights are refused."""
+        folder = resolve_pretrained(folder, subfolder)
+        raw = read_config_json(folder)
+        if raw.get("_class_name") != "AutoencoderKL":
+            raise CheckpointError(f"{folder / CONFIG_NAME} describes a diffusers "
+                                  f"'{raw.get('_class_name')}', not an AutoencoderKL")
+        config = config_from_dict(AutoencoderKLConfig, raw, source=str(folder / CONFIG_NAME))
+        weights = _diffusers_weights_file(folder, variant)
+        tensors, _ = load_tensors(weights)
+        return _build_loaded(cls, config, _rename_legacy_attention(tensors), str(weights), dtype, device)
+
+
+def _is_diffusers_folder(folder: Path) -> bool:
+    return (folder / CONFIG_NAME).is_file() and "_class_name" in read_config_json(folder)
+
+
+def _diffusers_weights_file(folder: Path, variant: str | None) -> Path:
+    stem = DIFFUSERS_WEIGHTS if variant is None else f"{DIFFUSERS_WEIGHTS}.{variant}"
+    safetensors = folder / f"{stem}.safetensors"
+    pickled = [folder / f"{stem}{suffix}" for suffix in PICKLE_SUFFIXES]
+    if not safetensors.is_file() and any(p.is_file() for p in pickled):
+        return next(p for p in pickled if p.is_file())  # load_tensors refuses it with the reason
+    return safetensors
+
+
+def _rename_legacy_attention(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    renamed = {}
+    for name, t in tensors.items():
+        parent, _, leaf = name.rpartition(".")
+        owner, _, old = parent.rpartition(".")
+        if ".attentions." in name and old in LEGACY_ATTENTION_NAMES:
+            name = f"{owner}.{LEGACY_ATTENTION_NAMES[old]}.{leaf}"
+        renamed[name] = t
+    return renamed
+
+
+def _build_loaded(cls, config, tensors: dict[str, torch.Tensor], source: str, dtype, device):
+    """Build ``cls(config)`` without allocating, check every tensor and adopt them."""
+    with torch.device("meta"):
+        model = cls(config)
+    check_state_dict(model.state_dict(), tensors, source)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- loading by name
+
+AUTOENCODERS: dict[str, type[Autoencoder]] = {
+    "IdentityAutoencoder": IdentityAutoencoder,
+    "AutoencoderKL": AutoencoderKL,
+}
+IDENTITY_PREFIX = "identity:"
+
+
+def load_autoencoder(name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None,
+                     device: str | torch.device | None = None) -> Autoencoder:
+    """``"identity:<channels>"`` for pixel space, or a folder: one written by ``save_pretrained``,
+    a diffusers ``vae/`` folder, or a diffusers pipeline folder holding ``vae/``."""
+    if isinstance(name_or_path, str) and name_or_path.startswith(IDENTITY_PREFIX):
+        channels = name_or_path[len(IDENTITY_PREFIX):]
+        if not channels.isdigit() or int(channels) < 1:
+            raise ValueError(f"'{name_or_path}': expected '{IDENTITY_PREFIX}<channels>', e.g. 'identity:3'")
+        return IdentityAutoencoder(int(channels)).to(device=device)
+    folder = resolve_pretrained(name_or_path)
+    if not (folder / CONFIG_NAME).is_file() and (folder / "vae" / CONFIG_NAME).is_file():
+        folder = folder / "vae"
+    raw = read_config_json(folder)
+    name = raw.get("_class") or raw.get("_class_name")
+    if name not in AUTOENCODERS:
+        raise CheckpointError(f"{folder / CONFIG_NAME} describes '{name}', which is not an autoencoder "
+                              f"mmdiff knows; known: {sorted(AUTOENCODERS)}")
+    return AUTOENCODERS[name].from_pretrained(folder, dtype=dtype, device=device)
