@@ -1,2 +1,9 @@
-"""mmdiff: diffusion models for images, video and text on one core."""
+"""mmdiff: diffusion models for images, video and text on one core.
+
+    import mmdiff
+    pipe = mmdiff.pipeline("image")          # the small shipped digits model
+    images = pipe(class_labels=[3, 7], num_inference_steps=25)
+"""
 __version__ = "0.1.0"
+
+from .pipelines import pipeline  # noqa: E402,F401

@@ -1,0 +1,80 @@
+"""The pipeline registry and the shared Pipeline base (save/load, the one sampling path)."""
+import pytest
+import torch
+
+import mmdiff
+from mmdiff.core.checkpoint import CheckpointError
+from mmdiff.core.dit import DiT, DiTConfig
+from mmdiff.core.patch import PatchConfig
+from mmdiff.core.schedules import get_schedule
+from mmdiff.pipelines import PIPELINES, Pipeline, PipelineConfig, register_pipeline
+
+
+@register_pipeline("toy")
+class ToyPipeline(Pipeline):
+    pass
+
+
+def toy(num_classes=3, dropout=0.1):
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(patch=PatchConfig("image", 1, (4, 4), 1), hidden_size=16, depth=1, num_heads=2,
+                          num_classes=num_classes, class_dropout=dropout))
+    return ToyPipeline({"model": model}, get_schedule("flow"), PipelineConfig(prediction="flow", steps=4)).to()
+
+
+def test_unknown_task_lists_known_ones():
+    with pytest.raises(ValueError, match=r"unknown task 'audio'; known tasks are \[.*'toy'"):
+        mmdiff.pipeline("audio")
+    assert PIPELINES["toy"] is ToyPipeline
+
+
+def test_save_load_round_trip_and_task_check(tmp_path):
+    pipe = toy()
+    pipe.save_pretrained(tmp_path / "p")
+    again = mmdiff.pipeline("toy", model=tmp_path / "p")
+    assert again.config == pipe.config and again.config.task == "toy"
+    assert again.schedule.sigmas(4).tolist() == pipe.schedule.sigmas(4).tolist()
+    y = torch.tensor([0, 1])
+    a = pipe.solve((2, 1, 4, 4), cond={"class_labels": y}, generator=1, progress=False)
+    b = again.solve((2, 1, 4, 4), cond={"class_labels": y}, generator=1, progress=False)
+    assert torch.equal(a, b)
+
+    @register_pipeline("other")
+    class Other(Pipeline):
+        pass
+    with pytest.raises(CheckpointError, match="holds a 'toy' pipeline, not 'other'"):
+        Other.from_pretrained(tmp_path / "p")
+    with pytest.raises(CheckpointError, match="pipeline.json is missing"):
+        ToyPipeline.from_pretrained(tmp_path / "p" / "model")
+
+
+def test_solve_is_batch_invariant_and_guidance_needs_uncond():
+    pipe = toy()
+    y = torch.tensor([2, 0, 1])
+    kw = dict(num_inference_steps=3, sampler="euler_ancestral", progress=False)
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    full = pipe.solve((3, 1, 4, 4), cond={"class_labels": y}, generator=gens, **kw)
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    first = pipe.solve((1, 1, 4, 4), cond={"class_labels": y[:1]}, generator=gens[:1], **kw)
+    assert torch.allclose(full[:1], first, atol=1e-6)
+    with pytest.raises(ValueError, match="guidance_scale != 1 needs an unconditional input"):
+        pipe.solve((1, 1, 4, 4), cond={"class_labels": y[:1]}, guidance_scale=3.0, progress=False)
+    null = torch.full((3,), pipe.model.null_class)
+    guided = pipe.solve((3, 1, 4, 4), cond={"class_labels": y}, uncond={"class_labels": null},
+                        guidance_scale=3.0, num_inference_steps=3, generator=0, progress=False)
+    assert guided.shape == (3, 1, 4, 4) and torch.isfinite(guided).all()
+
+
+def test_solve_keeps_known_content_and_img2img():
+    pipe = toy()
+    known = torch.randn(2, 1, 4, 4)
+    mask = torch.zeros_like(known)
+    mask[..., :2] = 1
+    y = torch.tensor([0, 1])
+    out = pipe.solve((2, 1, 4, 4), cond={"class_labels": y}, known=known, mask=mask, renoise_known=True,
+                     generator=0, progress=False)
+    assert torch.equal(out[..., :2], known[..., :2])
+    seen = []
+    pipe.solve((2, 1, 4, 4), cond={"class_labels": y}, init=known, strength=0.5, num_inference_steps=10,
+               callback=lambda s: seen.append(s["sigma"]), generator=0, progress=False)
+    assert len(seen) == 5 and seen[0] == pytest.approx(float(pipe.sigmas(10)[5]))
