@@ -22,6 +22,7 @@ from torch import nn
 from mmdiff.core.checkpoint import (CONFIG_NAME, PICKLE_SUFFIXES, CheckpointError, PretrainedMixin,
                                     check_state_dict, config_from_dict, config_to_dict, load_tensors,
                                     read_config_json, resolve_pretrained)
+from mmdiff.core.samplers import per_sample_generators, randn
 
 Generators = torch.Generator | list[torch.Generator] | None
 
@@ -128,14 +129,11 @@ def _chunks(n: int, size: int | None) -> list[slice]:
 
 def posterior_noise(shape: tuple[int, ...], generator: Generators, device: torch.device,
                     dtype: torch.dtype) -> torch.Tensor:
-    """Standard normal noise of ``shape``, drawn on the generator's device (as diffusers'
-    ``randn_tensor`` does, so the same seed gives the same sample) and moved to ``device``."""
+    """Standard normal noise of ``shape``. A list of generators gives row i from generator i (the
+    core's per-sample noise); one generator draws the whole tensor on its own device, as diffusers'
+    ``latent_dist.sample(generator)`` does, so the same seed gives diffusers' latents."""
     if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per "
-                             f"sample or a single torch.Generator")
-        draws = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
-        return torch.cat([d.to(device) for d in draws])
+        return randn(shape, per_sample_generators(generator, shape[0]), device=device, dtype=dtype)
     draw_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
 
