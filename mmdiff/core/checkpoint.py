@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def _coerce(hint, value):
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return config_from_dict(hint, value)
     origin = typing.get_origin(hint)
-    if origin is typing.Union:  # Optional[X]
+    if origin in (typing.Union, types.UnionType):  # Optional[X], X | None
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return _coerce(args[0], value) if len(args) == 1 else value
     if origin is tuple and isinstance(value, list):

@@ -1,0 +1,176 @@
+"""The modality plugin contract, and the latent-diffusion task that images and video share.
+
+A modality supplies: its data (``build_dataset``), data -> latents (``encode``, through an
+autoencoder), latents -> tokens (a ``PatchConfig`` the core DiT patchifies with), latents -> data
+(``decode``), the conditioning it accepts, and how outputs are saved. Schedules, samplers, losses,
+the DiT and the Trainer know nothing else about it.
+
+``LatentDiffusionTask`` is what the one Trainer drives for images and video: the loss of a batch
+goes through ``mmdiff.core.parametrization.Denoiser.loss``, validation and export go through the
+modality's pipeline.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core.checkpoint import config_to_dict
+from ..core.dit import PRESETS, DiT, DiTConfig
+from ..core.parametrization import Denoiser, sample_training_sigmas
+from ..core.patch import PatchConfig
+from ..core.schedules import get_schedule
+from ..pipelines import PipelineConfig
+
+
+@dataclass
+class DiffusionArgs:
+    """Model and diffusion options shared by the image and video recipes."""
+
+    data: str = field(default="digits", metadata={"help": "built-in name, local path, or Hugging Face data set"})
+    model: str = field(default="DiT-S/2", metadata={"help": f"DiT preset: {', '.join(PRESETS)}"})
+    patch_size: int | None = field(default=None, metadata={"help": "override the preset's patch size"})
+    hidden_size: int | None = field(default=None, metadata={"help": "override the preset's width"})
+    depth: int | None = field(default=None, metadata={"help": "override the preset's depth"})
+    num_heads: int | None = field(default=None, metadata={"help": "override the preset's heads"})
+    qk_norm: bool = False
+    autoencoder: str = field(default="identity", metadata={"help": "identity, or a folder (ours or an SD vae/)"})
+    schedule: str = field(default="flow", metadata={"help": "linear | scaled_linear | cosine | edm | flow"})
+    schedule_shift: float = field(default=1.0, metadata={"help": "SD3 time shift of the flow schedule"})
+    zero_terminal_snr: bool = False
+    prediction: str = field(default="flow", metadata={"help": "eps | x0 | v | flow | edm"})
+    noise_distribution: str = field(default="logit_normal", metadata={"help": "uniform | logit_normal | lognormal"})
+    noise_mean: float | None = None
+    noise_std: float | None = None
+    loss_weighting: str = field(default="uniform", metadata={"help": "uniform | min_snr | edm"})
+    min_snr_gamma: float = 5.0
+    sigma_data: float = field(default=1.0, metadata={"help": "data std (EDM preconditioning, prior std)"})
+    class_dropout: float = field(default=0.1, metadata={"help": "label dropout for classifier-free guidance"})
+    unconditional: bool = field(default=False, metadata={"help": "ignore labels even if the data has them"})
+    sampler: str = field(default="dpmpp_2m", metadata={"help": "sampler for validation and the export default"})
+    sample_steps: int = 25
+    guidance_scale: float = field(default=1.0, metadata={"help": "validation / export default guidance"})
+
+
+class LatentDiffusionTask:
+    """Trainer hooks for a latent diffusion model over a modality's tensors.
+
+    Subclasses set ``modality``, ``data_key`` and ``pipeline_class`` and implement
+    ``build_dataset``, ``patch_config`` and ``validation``."""
+
+    modality = ""
+    data_key = ""
+    pipeline_class = None
+
+    def __init__(self, args: DiffusionArgs):
+        self.args = args
+        self.schedule = get_schedule(args.schedule, **self.schedule_options())
+        self.dataset = self.model = self.autoencoder = None
+
+    # ------------------------------------------------------------------- built by subclasses
+    def build_dataset(self):
+        raise NotImplementedError
+
+    def build_autoencoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    def patch_config(self, latent_shape: tuple[int, ...]) -> PatchConfig:
+        raise NotImplementedError
+
+    def validation(self, model: nn.Module, step: int, folder: Path) -> dict:
+        raise NotImplementedError
+
+    # -------------------------------------------------------------------------------- shared
+    def schedule_options(self) -> dict:
+        a = self.args
+        if a.schedule == "flow":
+            return {"shift": a.schedule_shift}
+        if a.schedule in ("linear", "scaled_linear", "cosine"):
+            return {"zero_terminal_snr": a.zero_terminal_snr}
+        if a.schedule == "edm":
+            return {"sigma_data": a.sigma_data}
+        return {}
+
+    @property
+    def num_classes(self) -> int:
+        return 0 if self.args.unconditional else getattr(self.dataset, "num_classes", 0)
+
+    def setup(self) -> None:
+        self.dataset = self.build_dataset()
+        self.autoencoder = self.build_autoencoder().eval().requires_grad_(False)
+        self.model = DiT(self.dit_config())
+
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.dataset[0][self.data_key].shape)
+
+    def dit_config(self) -> DiTConfig:
+        a = self.args
+        if a.model not in PRESETS:
+            raise ValueError(f"unknown --model '{a.model}'; choose one of {list(PRESETS)}")
+        preset = dict(PRESETS[a.model])
+        patch = a.patch_size or preset.pop("patch")
+        preset.pop("patch", None)
+        sizes = {k: v for k, v in (("hidden_size", a.hidden_size), ("depth", a.depth), ("num_heads", a.num_heads))
+                 if v is not None}
+        latent = self.autoencoder.latent_shape(self.example_shape())
+        pc = dataclasses.replace(self.patch_config(latent), patch=patch)
+        return DiTConfig(patch=pc, **{**preset, **sizes}, num_classes=self.num_classes,
+                         class_dropout=a.class_dropout, qk_norm=a.qk_norm, **self.extra_dit_options())
+
+    def extra_dit_options(self) -> dict:
+        return {}
+
+    def denoiser(self, model: nn.Module) -> Denoiser:
+        return Denoiser(model, self.schedule, self.args.prediction, sigma_data=self.args.sigma_data)
+
+    def conditioning(self, batch: dict) -> dict:
+        if self.num_classes:
+            return {"class_labels": batch["label"]}
+        return {}
+
+    @torch.no_grad()
+    def latents(self, batch: dict, device) -> torch.Tensor:
+        data = batch[self.data_key].to(device)
+        self.autoencoder.to(device)
+        return self.autoencoder.encode(data, sample=True).float()
+
+    def loss(self, model: nn.Module, batch: dict):
+        a = self.args
+        x0 = self.latents(batch, next(model.parameters()).device)
+        sigma = sample_training_sigmas(self.schedule, x0.shape[0], a.noise_distribution, mean=a.noise_mean,
+                                       std=a.noise_std, device=x0.device)
+        cond = {k: v.to(x0.device) for k, v in self.conditioning(batch).items()}
+        extra = self.training_extras(x0)
+        per_sample = self.denoiser(model).loss(x0, sigma, weighting=a.loss_weighting, gamma=a.min_snr_gamma,
+                                               **cond, **extra)
+        return per_sample.mean(), {}
+
+    def training_extras(self, x0: torch.Tensor) -> dict:
+        """Extra keyword arguments of the loss (video: given frames and their mask)."""
+        return {}
+
+    def pipeline_config(self) -> PipelineConfig:
+        a = self.args
+        return PipelineConfig(prediction=a.prediction, sigma_data=a.sigma_data, sampler=a.sampler,
+                              steps=a.sample_steps, guidance_scale=a.guidance_scale, extra=self.pipeline_extra())
+
+    def pipeline_extra(self) -> dict:
+        return {"class_names": list(getattr(self.dataset, "class_names", []) or [])}
+
+    def pipeline(self, model: nn.Module):
+        return self.pipeline_class({"model": model, "autoencoder": self.autoencoder}, self.schedule,
+                                   self.pipeline_config())
+
+    def export(self, model: nn.Module, folder: Path) -> Path:
+        return self.pipeline(model).save_pretrained(folder)
+
+    def signature(self) -> dict:
+        """What a resumed run must share with the checkpoint."""
+        return {"modality": self.modality, "model": config_to_dict(self.model.config),
+                "schedule": self.args.schedule, "prediction": self.args.prediction}
+
+    def config(self) -> dict:
+        return dataclasses.asdict(self.args)

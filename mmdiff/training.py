@@ -1,0 +1,541 @@
+"""The one Trainer: every recipe (image, video, text) trains through it, on accelerate.
+
+A recipe hands the Trainer a ``Task`` (see ``mmdiff.modalities.base``): the data set, the model,
+the loss of one batch, validation samples and the export. The Trainer owns everything else:
+mixed precision, gradient accumulation and clipping, AdamW with warmup, EMA, checkpoints that
+resume exactly, signal handling, trackers, progress and the final export.
+
+A checkpoint is a folder ``<output_dir>/checkpoints/step-XXXXXXXX`` written atomically (temporary
+folder, fsync, rename) and sealed by ``manifest.json`` (size and sha256 of every file); ``latest``
+is the newest checkpoint whose manifest verifies. Weights are safetensors; optimizer and RNG
+state are plain tensors and numbers read back with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from .core.checkpoint import atomic_write_dir, fsync_tree, load_tensors, save_tensors
+from .core.ema import EMA
+
+logger = logging.getLogger("mmdiff.training")
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class TrainConfig:
+    """Options every recipe shares (the modality adds ``--data``, ``--model``, ``--resolution``...)."""
+
+    output_dir: str = field(default="runs/default", metadata={"help": "run folder: checkpoints, samples, logs, export"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train"})
+    batch_size: int = field(default=64, metadata={"help": "examples per process per micro-batch"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant | cosine | linear (after warmup)"})
+    lr_warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps"})
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    mixed_precision: str = field(default="no", metadata={"help": "no | bf16 | fp16 (fp16 needs a GPU)"})
+    seed: int = 0
+    ema_decay: float = field(default=0.9999, metadata={"help": "EMA target decay"})
+    ema_warmup: str = field(default="inverse_power", metadata={"help": "inverse_power | none"})
+    ema_power: float = field(default=0.75, metadata={"help": "inverse-power warmup exponent"})
+    gradient_checkpointing: bool = False
+    checkpointing_steps: int = field(default=500, metadata={"help": "save a resumable checkpoint every N steps"})
+    checkpoints_total_limit: int | None = field(default=None, metadata={"help": "keep at most N checkpoints"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "start over in a folder holding a run"})
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard | wandb | all | none"})
+    validation_steps: int = field(default=500, metadata={"help": "sample with the EMA weights every N steps (0 = off)"})
+    log_steps: int = 10
+    num_workers: int = 0
+    max_nonfinite_steps: int = field(default=10, metadata={"help": "abort after N non-finite losses in a row"})
+    deterministic: bool = field(default=False, metadata={"help": "torch.use_deterministic_algorithms (exact resume)"})
+    progress: bool = True
+    export_dir: str | None = field(default=None, metadata={"help": "pipeline export folder (default <output_dir>/export)"})
+
+
+# ------------------------------------------------------------------------------- config parsing
+
+def parse_config(classes: list[type], args: list[str] | None = None, defaults: dict | None = None):
+    """HfArgumentParser over dataclasses, plus ``--config file.yaml`` whose values become defaults
+    that command-line flags override. Unknown YAML keys are an error listing the valid ones."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, rest = pre.parse_known_args(args)
+    parser = HfArgumentParser(classes)
+    parser.add_argument("--config", default=None, help="YAML file of option values (flags override it)")
+    values = dict(defaults or {})
+    if known.config:
+        path = Path(known.config)
+        if not path.is_file():
+            raise SystemExit(f"--config {path}: no such file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        valid = {f.name for cls in classes for f in dataclasses.fields(cls)}
+        unknown = sorted(set(loaded) - valid)
+        if unknown:
+            raise SystemExit(f"--config {path}: unknown option(s) {unknown}; valid options: {sorted(valid)}")
+        values.update(loaded)
+    parser.set_defaults(**values)
+    *outputs, extra = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    if extra:
+        raise SystemExit(f"unknown argument(s) {extra}; see --help")
+    return [o for o in outputs if isinstance(o, tuple(classes))]
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+class EpochSampler(Sampler):
+    """A permutation fixed by ``(seed, epoch)``: identical on every rank (so accelerate's sharding
+    is consistent) and reproducible after a resume."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=g).tolist())
+
+    def __len__(self):
+        return self.size
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): a pure function of the step and the
+    current config, so a resumed run applies a changed lr or max_steps at once."""
+    if step < config.lr_warmup_steps:
+        return config.learning_rate * (step + 1) / config.lr_warmup_steps
+    progress = (step - config.lr_warmup_steps) / max(1, config.max_steps - config.lr_warmup_steps)
+    progress = min(max(progress, 0.0), 1.0)
+    if config.lr_schedule == "cosine":
+        return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+    if config.lr_schedule == "linear":
+        return config.learning_rate * (1 - progress)
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    raise ValueError(f"unknown lr_schedule '{config.lr_schedule}'; choose constant, cosine or linear")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+            "python_gauss": random.getstate()[2]}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}
+    (folder / MANIFEST).write_text(json.dumps(entries, indent=1))
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """None if every file matches the manifest, else a sentence naming the bad file."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return f"{manifest} is missing (the checkpoint was not finished)"
+    try:
+        entries = json.loads(manifest.read_text())
+    except json.JSONDecodeError:
+        return f"{manifest} is corrupt"
+    for name, meta in entries.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != meta["bytes"]:
+            return f"{path} is truncated ({path.stat().st_size} of {meta['bytes']} bytes)"
+        if sha256(path) != meta["sha256"]:
+            return f"{path} is corrupt (checksum mismatch)"
+    return None
+
+
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    root = output_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), key=lambda p: p.name)
+
+
+def find_checkpoint(output_dir: Path, which: str) -> Path:
+    """``latest`` -> newest checkpoint that verifies (warning about each broken newer one);
+    a path -> that checkpoint, which must verify."""
+    if which != "latest":
+        folder = Path(which)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--resume_from_checkpoint {which}: no such checkpoint folder")
+        problem = verify_checkpoint(folder)
+        if problem:
+            raise ValueError(f"--resume_from_checkpoint {which}: {problem}")
+        return folder
+    for folder in reversed(checkpoint_folders(output_dir)):
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            return folder
+        warnings.warn(f"skipping checkpoint {folder.name}: {problem}; falling back to the previous one")
+    raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir / CHECKPOINTS}")
+
+
+def describe_changes(old: dict, new: dict) -> list[str]:
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches this rank consumed in the current epoch
+    nonfinite_in_a_row: int = 0
+
+
+# --------------------------------------------------------------------------------------- trainer
+
+class Trainer:
+    def __init__(self, task, config: TrainConfig):
+        self.task, self.config = task, config
+        self.output_dir = Path(config.output_dir)
+        self.export_dir = Path(config.export_dir) if config.export_dir else self.output_dir / "export"
+        self._stop_signal = None
+        report = [] if config.report_to == "none" else (["tensorboard", "wandb"] if config.report_to == "all"
+                                                       else [config.report_to])
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=report or None,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                logging_dir=str(self.output_dir / "logs")))
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------------------- setup
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def log(self, message: str) -> None:
+        if self.main:
+            tqdm.write(message)
+
+    def _check_output_dir(self) -> None:
+        """A folder holding another run is refused unless resuming it or told to overwrite."""
+        run_file = self.output_dir / RUN_FILE
+        if not run_file.exists() or self.config.resume_from_checkpoint:
+            return
+        if self.config.overwrite_output_dir:
+            self.accelerator.wait_for_everyone()
+            if self.main:
+                for name in (CHECKPOINTS, "export", "samples", "logs", RUN_FILE):
+                    path = self.output_dir / name
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            self.accelerator.wait_for_everyone()
+            return
+        raise FileExistsError(
+            f"--output_dir {self.output_dir} already holds a run ({run_file}); pass --resume_from_checkpoint latest "
+            f"to continue it, --overwrite_output_dir to start over (this deletes its checkpoints and export), "
+            f"or choose another --output_dir")
+
+    def _dataloader(self, dataset) -> tuple[DataLoader, EpochSampler]:
+        if len(dataset) < self.config.batch_size * self.accelerator.num_processes:
+            raise ValueError(f"the data set has {len(dataset)} examples, fewer than one batch "
+                             f"({self.config.batch_size} x {self.accelerator.num_processes} processes); "
+                             f"lower --batch_size")
+        sampler = EpochSampler(len(dataset), self.config.seed)
+        loader = DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=self.config.num_workers, collate_fn=getattr(self.task, "collate", None),
+                            persistent_workers=self.config.num_workers > 0)
+        return loader, sampler
+
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            self._stop_signal = signal.Signals(signum).name
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        return previous
+
+    # ------------------------------------------------------------------------------- train
+    def train(self) -> Path | None:
+        cfg, acc = self.config, self.accelerator
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        set_seed(cfg.seed)
+        self._check_output_dir()
+        self.task.setup()  # data set and model; bad data fails here, before any training
+        model = self.task.model
+        if cfg.gradient_checkpointing and hasattr(model, "config"):
+            model.config.gradient_checkpointing = True
+        loader, sampler = self._dataloader(self.task.dataset)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                      betas=(cfg.adam_beta1, cfg.adam_beta2))
+        self.ema = EMA(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, power=cfg.ema_power)
+        self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
+        self.sampler = sampler
+        if cfg.resume_from_checkpoint:
+            self._resume(find_checkpoint(self.output_dir, cfg.resume_from_checkpoint))
+        elif self.main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / RUN_FILE).write_text(json.dumps(self._run_record(), indent=2))
+        if acc.log_with:
+            acc.init_trackers("mmdiff", config=self._flat_config())
+        previous = self._install_signal_handlers()
+        try:
+            status = self._loop()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        if status == "interrupted":
+            acc.end_training()
+            return None
+        if self.state.step % cfg.checkpointing_steps:
+            self.save_checkpoint()
+        if cfg.validation_steps:
+            self._validate()
+        path = self.export()
+        acc.end_training()
+        return path
+
+    def _loop(self) -> str:
+        cfg, acc, state = self.config, self.accelerator, self.state
+        bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not (self.main and cfg.progress),
+                   desc="training", dynamic_ncols=True)
+        self.model.train()
+        window_finite, t0 = True, time.time()
+        while state.step < cfg.max_steps:
+            self.sampler.epoch = state.epoch
+            loader = acc.skip_first_batches(self.loader, state.batch_in_epoch) if state.batch_in_epoch else self.loader
+            for batch in loader:
+                with acc.accumulate(self.model):
+                    loss, logs = self.task.loss(self.model, batch)
+                    finite = self._all_finite(loss)
+                    window_finite &= finite
+                    if finite:
+                        acc.backward(loss)
+                    grad_norm = None
+                    if acc.sync_gradients and window_finite and cfg.max_grad_norm > 0:
+                        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    if acc.sync_gradients and window_finite:
+                        for group in self.optimizer.param_groups:
+                            group["lr"] = lr_at(cfg, state.step)
+                        self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                state.batch_in_epoch += 1
+                if not acc.sync_gradients:
+                    continue
+                self._after_step(window_finite, loss, grad_norm, logs, bar)
+                window_finite = True
+                if self._should_stop():
+                    self.save_checkpoint()
+                    self.log(f"stopped by {self._stop_signal or 'a signal'} at step {state.step}; checkpoint saved. "
+                             f"Resume with --resume_from_checkpoint latest")
+                    bar.close()
+                    return "interrupted"
+                if state.step >= cfg.max_steps:
+                    break
+            else:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        bar.close()
+        self.log(f"trained {state.step} steps in {time.time() - t0:.0f} s")
+        return "done"
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=loss.device)
+        return bool(self.accelerator.reduce(flag, "sum").item() == self.accelerator.num_processes)
+
+    def _after_step(self, finite: bool, loss, grad_norm, logs: dict, bar) -> None:
+        cfg, state, acc = self.config, self.state, self.accelerator
+        if finite:
+            state.nonfinite_in_a_row = 0
+            self.ema.update(acc.unwrap_model(self.model))
+        else:
+            state.nonfinite_in_a_row += 1
+            warnings.warn(f"step {state.step}: non-finite loss, step skipped "
+                          f"({state.nonfinite_in_a_row} in a row)")
+            if state.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                raise FloatingPointError(
+                    f"{state.nonfinite_in_a_row} non-finite losses in a row at step {state.step}: training "
+                    f"diverged. Lower --learning_rate, use --mixed_precision bf16 instead of fp16, or resume "
+                    f"from an earlier checkpoint")
+        state.step += 1
+        if state.step % cfg.log_steps == 0 or state.step == 1:
+            mean_loss = acc.reduce(loss.detach().float().reshape(1), "mean").item()
+            values = {"loss": mean_loss, "lr": lr_at(cfg, state.step - 1), "epoch": state.epoch}
+            if grad_norm is not None:
+                values["grad_norm"] = float(grad_norm)
+            values.update({k: float(v) for k, v in logs.items()})
+            acc.log(values, step=state.step)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{values['lr']:.2e}")
+        bar.update(1)
+        if state.step % cfg.checkpointing_steps == 0:
+            self.save_checkpoint()
+        if cfg.validation_steps and state.step % cfg.validation_steps == 0 and state.step < cfg.max_steps:
+            self._validate()
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor([1.0 if self._stop_signal else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, "sum").item() > 0)
+
+    # --------------------------------------------------------------------- validation, export
+    def _validate(self) -> None:
+        acc = self.accelerator
+        if self.main:
+            model = acc.unwrap_model(self.model)
+            model.eval()
+            with self.ema.averaged(model), torch.no_grad():
+                images = self.task.validation(model, self.state.step, self.output_dir / "samples")
+            model.train()
+            self._log_images(images)
+        acc.wait_for_everyone()
+
+    def _log_images(self, images: dict) -> None:
+        for tracker in self.accelerator.trackers:
+            arrays = {k: np.asarray(v.convert("RGB"))[None] for k, v in images.items()}  # (1, H, W, 3)
+            kwargs = {"dataformats": "NHWC"} if tracker.name == "tensorboard" else {}
+            tracker.log_images(arrays, step=self.state.step, **kwargs)
+
+    def export(self) -> Path | None:
+        """The EMA weights as a pipeline folder (``save_pretrained``), written by the main process."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        path = None
+        if self.main:
+            model = acc.unwrap_model(self.model)
+            with self.ema.averaged(model):
+                path = self.task.export(model.eval(), self.export_dir)
+            self.log(f"exported pipeline (EMA weights): {path.resolve()}")
+        acc.wait_for_everyone()
+        return path
+
+    # ----------------------------------------------------------------------- checkpoints
+    def _run_record(self) -> dict:
+        return {"signature": self.task.signature(), "train": dataclasses.asdict(self.config),
+                "task": self.task.config(), "world_size": self.accelerator.num_processes}
+
+    def _flat_config(self) -> dict:
+        flat = {}
+        for prefix, values in (("train", dataclasses.asdict(self.config)), ("task", self.task.config())):
+            for k, v in values.items():
+                flat[f"{prefix}/{k}"] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+        return flat
+
+    def save_checkpoint(self) -> Path:
+        acc, state = self.accelerator, self.state
+        final = self.output_dir / CHECKPOINTS / f"step-{state.step:08d}"
+        staging = final.with_name(f".{final.name}.rng")
+        if self.main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        acc.wait_for_everyone()
+        torch.save(rng_state(), staging / f"rank-{acc.process_index}.pt")  # each rank's own RNG
+        model_state = acc.get_state_dict(self.model)  # collective under FSDP / ZeRO-3
+        acc.wait_for_everyone()
+        if self.main:
+            with atomic_write_dir(final) as tmp:
+                save_tensors(model_state, tmp / "model.safetensors")
+                save_tensors(self.ema.shadow, tmp / "ema.safetensors", metadata={"step": str(self.ema.step)})
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                shutil.move(str(staging), tmp / "rng")
+                record = {**self._run_record(), "state": dataclasses.asdict(state)}
+                (tmp / STATE_FILE).write_text(json.dumps(record, indent=2))
+                write_manifest(tmp)
+                fsync_tree(tmp)
+            self._rotate()
+        acc.wait_for_everyone()
+        return final
+
+    def _rotate(self) -> None:
+        """Keep the newest ``checkpoints_total_limit`` complete checkpoints; never the newest good one."""
+        limit = self.config.checkpoints_total_limit
+        if not limit:
+            return
+        folders = checkpoint_folders(self.output_dir)
+        good = [f for f in folders if verify_checkpoint(f) is None]
+        for old in good[: max(0, len(good) - max(1, limit))]:
+            shutil.rmtree(old)
+
+    def _resume(self, folder: Path) -> None:
+        acc = self.accelerator
+        record = json.loads((folder / STATE_FILE).read_text())
+        current = self.task.signature()
+        if record["signature"] != current:
+            changes = describe_changes(record["signature"], current)
+            raise ValueError(f"cannot resume {folder}: it was trained with a different model or modality "
+                             f"({'; '.join(changes)}). Use the original options or a new --output_dir")
+        changes = describe_changes(record["train"], dataclasses.asdict(self.config))
+        ignored = {"resume_from_checkpoint", "overwrite_output_dir", "progress"}
+        changes = [c for c in changes if c.split(":")[0] not in ignored]
+        if changes:
+            self.log("resuming with changed options (applied from now on): " + "; ".join(changes))
+        tensors, _ = load_tensors(folder / "model.safetensors")
+        acc.unwrap_model(self.model).load_state_dict(tensors)
+        ema, meta = load_tensors(folder / "ema.safetensors")
+        self.ema.load_state_dict({"shadow": ema, "step": int(meta.get("step", 0))})
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
+        self.state = TrainState(**record["state"])
+        rng_file = folder / "rng" / f"rank-{acc.process_index}.pt"
+        if record.get("world_size") != acc.num_processes:
+            warnings.warn(f"{folder} was saved by {record.get('world_size')} processes, now {acc.num_processes}: "
+                          f"the data order restarts at the current epoch's start")
+            self.state.batch_in_epoch = 0
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=True))
+        self.log(f"resumed from {folder} at step {self.state.step}")
+
+
+def run(task, config: TrainConfig) -> Path | None:
+    """Entry point for recipes: train, export, and print where the results are."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    trainer = Trainer(task, config)
+    return trainer.train()
+
+
+def describe_outputs(config: TrainConfig, export: Path | None) -> str:
+    root = Path(config.output_dir).resolve()
+    return (f"run folder: {root}\n  samples: {root / 'samples'}\n  checkpoints: {root / CHECKPOINTS}\n"
+            f"  tensorboard: tensorboard --logdir {root / 'logs'}\n  export: {export.resolve() if export else '-'}")
+
+
+__all__ = ["TrainConfig", "Trainer", "parse_config", "run", "lr_at", "find_checkpoint", "verify_checkpoint",
+           "describe_outputs", "Any"]
