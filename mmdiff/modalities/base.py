@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -24,6 +25,21 @@ from ..core.parametrization import Denoiser, sample_training_sigmas
 from ..core.patch import PatchConfig
 from ..core.schedules import get_schedule
 from ..pipelines import PipelineConfig
+
+
+class Task(Protocol):
+    """What the one Trainer (``mmdiff.training.Trainer``) asks of every recipe's task."""
+
+    dataset: "torch.utils.data.Dataset"  # built by setup(); items are dicts of tensors
+    model: nn.Module  # built by setup(); the module the optimizer trains
+
+    def setup(self) -> None: ...  # build data set and model; raise on bad data before training
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]: ...  # scalar loss, extra logs
+    def validation(self, model: nn.Module, step: int, folder: Path) -> dict: ...  # writes files; name -> PIL image
+    def export(self, model: nn.Module, folder: Path) -> Path: ...  # save_pretrained of the pipeline
+    def signature(self) -> dict: ...  # what must match to resume (modality, model config)
+    def config(self) -> dict: ...  # the task's options, for logs and run.json
+    # optional: collate(items) -> batch
 
 
 @dataclass
