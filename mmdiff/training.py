@@ -245,6 +245,9 @@ class Trainer:
         report = [] if config.report_to == "none" else (["tensorboard", "wandb"] if config.report_to == "all"
                                                        else [config.report_to])
         self.accelerator = Accelerator(
+            # With no accelerator, processes started by `accelerate launch --multi_gpu` only join one
+            # gloo group when accelerate is told it runs on the CPU.
+            cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=report or None,
@@ -287,7 +290,10 @@ class Trainer:
         sampler = EpochSampler(len(dataset), self.config.seed)
         loader = DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=True,
                             num_workers=self.config.num_workers, collate_fn=getattr(self.task, "collate", None),
-                            persistent_workers=self.config.num_workers > 0)
+                            persistent_workers=self.config.num_workers > 0,
+                            # its own generator: starting an iterator (as a resume does) must not
+                            # draw from the global RNG that the loss uses
+                            generator=torch.Generator().manual_seed(self.config.seed))
         return loader, sampler
 
     def _install_signal_handlers(self):

@@ -110,12 +110,10 @@ class LatentDiffusionTask:
             return {"sigma_data": a.sigma_data}
         return {}
 
-    @property
-    def num_classes(self) -> int:
-        return 0 if self.args.unconditional else getattr(self.dataset, "num_classes", 0)
-
     def setup(self) -> None:
         self.dataset = self.build_dataset()
+        self.num_classes = 0 if self.args.unconditional else getattr(self.dataset, "num_classes", 0)
+        self.class_names = list(getattr(self.dataset, "class_names", []) or [])
         self.autoencoder = self.build_autoencoder().eval().requires_grad_(False)
         self.model = DiT(self.dit_config())
 
@@ -174,7 +172,7 @@ class LatentDiffusionTask:
                               steps=a.sample_steps, guidance_scale=a.guidance_scale, extra=self.pipeline_extra())
 
     def pipeline_extra(self) -> dict:
-        return {"class_names": list(getattr(self.dataset, "class_names", []) or [])}
+        return {"class_names": self.class_names}
 
     def pipeline(self, model: nn.Module):
         return self.pipeline_class({"model": model, "autoencoder": self.autoencoder}, self.schedule,

@@ -1,0 +1,55 @@
+"""Run by tests/test_distributed.py under `accelerate launch --multi_gpu --num_processes 2`.
+
+Trains a tiny image task and writes, per rank, what the test checks: a hash of the final weights,
+the data indices this rank saw, its local losses, and (main) the losses the Trainer logged.
+"""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from mmdiff.modalities.image import ImageArgs, ImageTask
+from mmdiff.training import TrainConfig, Trainer
+
+
+class Recording(ImageTask):
+    def setup(self):
+        super().setup()
+        base = self.dataset
+
+        class Indexed(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(base)
+
+            def __getitem__(self, i):
+                return {**base[i], "index": torch.tensor(i)}
+        self.dataset = Indexed()
+        self.seen, self.local_losses = [], []
+
+    def loss(self, model, batch):
+        loss, logs = super().loss(model, batch)
+        self.seen += batch["index"].tolist()
+        self.local_losses.append(loss.item())
+        return loss, logs
+
+
+def main(out: str):
+    task = Recording(ImageArgs(patch_size=2, hidden_size=32, depth=1, num_heads=2, sample_steps=2))
+    cfg = TrainConfig(output_dir=out, max_steps=4, batch_size=8, checkpointing_steps=4, validation_steps=0,
+                      report_to="none", progress=False, log_steps=1)
+    trainer = Trainer(task, cfg)
+    logged = []
+    trainer.accelerator.log = lambda values, step=None: logged.append(values["loss"])
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    weights = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    digest = hashlib.sha256(b"".join(w.numpy().tobytes() for w in weights.values())).hexdigest()
+    record = {"hash": digest, "seen": task.seen, "local": task.local_losses, "logged": logged,
+              "world": trainer.accelerator.num_processes}
+    Path(out, f"rank-{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

