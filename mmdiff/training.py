@@ -85,15 +85,16 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------- config parsing
 
-def parse_config(classes: list[type], args: list[str] | None = None, defaults: dict | None = None):
+def parse_config(classes: list[type], args: list[str] | None = None, default_config: str | Path | None = None):
     """HfArgumentParser over dataclasses, plus ``--config file.yaml`` whose values become defaults
-    that command-line flags override. Unknown YAML keys are an error listing the valid ones."""
+    that command-line flags override (``default_config`` when no ``--config`` is given). Unknown
+    YAML keys are an error listing the valid ones."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
+    pre.add_argument("--config", default=None if default_config is None else str(default_config))
     known, rest = pre.parse_known_args(args)
     parser = HfArgumentParser(classes)
-    parser.add_argument("--config", default=None, help="YAML file of option values (flags override it)")
-    values = dict(defaults or {})
+    parser.add_argument("--config", default=known.config, help="YAML file of option values (flags override it)")
+    values = {}
     if known.config:
         path = Path(known.config)
         if not path.is_file():

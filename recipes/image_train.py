@@ -1,22 +1,25 @@
 """Train a class-conditional latent DiT on images.
 
     accelerate launch recipes/image_train.py                      # built-in digits, CPU, minutes
-    accelerate launch recipes/image_train.py --config recipes/configs/image_digits.yaml --max_steps 500
+    accelerate launch recipes/image_train.py --data path/to/folder --resolution 64 --max_steps 20000
     accelerate launch --multi_gpu recipes/image_train.py --config recipes/configs/image_imagenet256_dit_xl2.yaml
 
-Every option (``--help``) can also come from ``--config``; flags override the file.
+Without ``--config`` the options come from ``recipes/configs/image_digits.yaml``; flags override
+any file. ``--help`` lists every option with its default.
 """
+from pathlib import Path
+
 from mmdiff.modalities.image import ImageArgs, ImageTask
 from mmdiff.training import TrainConfig, describe_outputs, parse_config, run
 
-# The built-in default: digits in pixel space, sized to train well within minutes on a CPU.
-DEFAULTS = {"output_dir": "runs/image-digits"}
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "image_digits.yaml"
 
 
 def main(argv=None):
-    train, args = parse_config([TrainConfig, ImageArgs], argv, defaults=DEFAULTS)
+    train, args = parse_config([TrainConfig, ImageArgs], argv, default_config=DEFAULT_CONFIG)
     export = run(ImageTask(args), train)
     print(describe_outputs(train, export))
+    return export
 
 
 if __name__ == "__main__":

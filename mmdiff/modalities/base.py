@@ -112,27 +112,35 @@ class LatentDiffusionTask:
 
     def setup(self) -> None:
         self.dataset = self.build_dataset()
-        self.num_classes = 0 if self.args.unconditional else getattr(self.dataset, "num_classes", 0)
         self.class_names = list(getattr(self.dataset, "class_names", []) or [])
+        self.num_classes = self.count_classes()
         self.autoencoder = self.build_autoencoder().eval().requires_grad_(False)
         self.model = DiT(self.dit_config())
+
+    def count_classes(self) -> int:
+        """Label classes the model is conditioned on (0: none)."""
+        return 0 if self.args.unconditional else getattr(self.dataset, "num_classes", 0)
 
     def example_shape(self) -> tuple[int, ...]:
         return tuple(self.dataset[0][self.data_key].shape)
 
     def dit_config(self) -> DiTConfig:
+        latent = self.autoencoder.latent_shape(self.example_shape())
+        return self.dit_config_for(latent, self.num_classes)
+
+    def dit_config_for(self, latent_shape: tuple[int, ...], num_classes: int) -> DiTConfig:
+        """The DiT for latents of ``latent_shape`` (no data needed: configs are built on meta in tests)."""
         a = self.args
         if a.model not in PRESETS:
             raise ValueError(f"unknown --model '{a.model}'; choose one of {list(PRESETS)}")
         preset = dict(PRESETS[a.model])
-        patch = a.patch_size or preset.pop("patch")
-        preset.pop("patch", None)
+        patch = a.patch_size or preset["patch"]
+        preset.pop("patch")
         sizes = {k: v for k, v in (("hidden_size", a.hidden_size), ("depth", a.depth), ("num_heads", a.num_heads))
                  if v is not None}
-        latent = self.autoencoder.latent_shape(self.example_shape())
-        pc = dataclasses.replace(self.patch_config(latent), patch=patch)
-        return DiTConfig(patch=pc, **{**preset, **sizes}, num_classes=self.num_classes,
-                         class_dropout=a.class_dropout, qk_norm=a.qk_norm, **self.extra_dit_options())
+        pc = dataclasses.replace(self.patch_config(latent_shape), patch=patch)
+        return DiTConfig(patch=pc, **{**preset, **sizes}, num_classes=num_classes, class_dropout=a.class_dropout,
+                         qk_norm=a.qk_norm, **self.extra_dit_options())
 
     def extra_dit_options(self) -> dict:
         return {}

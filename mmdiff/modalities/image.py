@@ -21,9 +21,11 @@ from ..media import save_image_grid, to_pil
 from ..pipelines import Pipeline, register_component, register_pipeline
 from .autoencoders import AutoencoderKL, IdentityAutoencoder, load_autoencoder
 from .base import DiffusionArgs, LatentDiffusionTask
+from .encoders import TextEncoder
 
 register_component(IdentityAutoencoder)
 register_component(AutoencoderKL)
+register_component(TextEncoder)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
@@ -33,6 +35,11 @@ class ImageArgs(DiffusionArgs):
     channels: int | None = field(default=None, metadata={"help": "1 or 3 (default: the data's)"})
     crop: str = field(default="center", metadata={"help": "center | random"})
     random_flip: bool = False
+    text_encoder: str | None = field(default=None, metadata={
+        "help": "local folder of a transformers text encoder: condition on prompts by cross-attention"})
+    prompt_template: str = field(default="{label}", metadata={
+        "help": "prompt made from a class name when the data has no captions, e.g. 'a photo of a {label}'"})
+    max_prompt_length: int = 77
 
 
 class ImageTask(LatentDiffusionTask):
@@ -42,6 +49,39 @@ class ImageTask(LatentDiffusionTask):
     def __init__(self, args: ImageArgs):
         super().__init__(args)
         self.pipeline_class = ImagePipeline
+        self.text_encoder = None
+
+    def setup(self):
+        if self.args.text_encoder:
+            self.text_encoder = TextEncoder.from_pretrained(self.args.text_encoder,
+                                                            max_length=self.args.max_prompt_length)
+        super().setup()
+
+    def count_classes(self):
+        return 0 if self.text_encoder is not None else super().count_classes()
+
+    def extra_dit_options(self):
+        return {"context_dim": self.text_encoder.hidden_size} if self.text_encoder is not None else {}
+
+    def prompts(self, batch: dict) -> list[str]:
+        if "caption" in batch:
+            return list(batch["caption"])
+        return [self.args.prompt_template.format(label=self.class_names[int(i)]) for i in batch["label"]]
+
+    def conditioning(self, batch):
+        if self.text_encoder is None:
+            return super().conditioning(batch)
+        prompts = self.prompts(batch)
+        drop = torch.rand(len(prompts)) < self.args.class_dropout  # "" is the unconditional prompt
+        self.text_encoder.to(batch[self.data_key].device)
+        context, mask = self.text_encoder(["" if d else p for p, d in zip(prompts, drop.tolist())])
+        return {"context": context, "context_mask": mask}
+
+    def pipeline(self, model):
+        pipe = super().pipeline(model)
+        if self.text_encoder is not None:
+            pipe.components["text_encoder"] = self.text_encoder
+        return pipe
 
     def build_dataset(self):
         a = self.args
@@ -58,10 +98,15 @@ class ImageTask(LatentDiffusionTask):
 
     def validation(self, model, step, folder):
         pipe = self.pipeline(model)
-        n = self.num_classes
-        labels = [i % n for i in range(max(n, 1) * min(8, max(1, 64 // max(n, 1))))] if n else None
-        images = pipe(class_labels=labels, num_images=None if n else 64, generator=0, progress=False,
-                      output_type="pt")
+        n = self.num_classes or (len(self.class_names) if self.text_encoder is not None else 0)
+        per_class = min(8, max(1, 64 // max(n, 1)))
+        labels = [i % n for i in range(n * per_class)] if n else None
+        if self.text_encoder is not None and labels is not None:
+            prompts = [self.args.prompt_template.format(label=self.class_names[i]) for i in labels]
+            images = pipe(prompt=prompts, generator=0, progress=False, output_type="pt")
+        else:
+            images = pipe(class_labels=labels, num_images=None if n else 64, generator=0, progress=False,
+                          output_type="pt")
         path = save_image_grid(images, Path(folder) / f"step-{step:08d}.png", nrow=n or 8)
         return {"samples": Image.open(path)}
 
@@ -108,11 +153,19 @@ class ImagePipeline(Pipeline):
         return labels.to(self.device), len(labels)
 
     def _uncond(self, labels):
-        if labels is None:
-            return None
-        if self.model.null_class is None:
+        if labels is None or self.model.null_class is None:
             return None
         return {"class_labels": torch.full_like(labels, self.model.null_class)}
+
+    def _prompt_conditioning(self, prompt) -> tuple[dict, dict, int]:
+        encoder = self.components.get("text_encoder")
+        if encoder is None:
+            raise ValueError("this model was not trained with a text encoder: pass class_labels, not prompt")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        context, mask = encoder(prompts)
+        empty, empty_mask = encoder([""] * len(prompts))
+        return ({"context": context, "context_mask": mask}, {"context": empty, "context_mask": empty_mask},
+                len(prompts))
 
     def _image_latents(self, image, shape):
         if isinstance(image, Image.Image) or (isinstance(image, list) and isinstance(image[0], Image.Image)):
@@ -127,20 +180,26 @@ class ImagePipeline(Pipeline):
         return self.autoencoder.encode(x.to(self.device), sample=False).float()
 
     @torch.no_grad()
-    def __call__(self, class_labels=None, *, num_images: int | None = None, num_inference_steps: int | None = None,
+    def __call__(self, class_labels=None, *, prompt: str | list[str] | None = None, num_images: int | None = None,
+                 num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, guidance_rescale: float = 0.0, sampler: str | None = None,
                  spacing: str | None = None, generator=None, image=None, strength: float = 0.6, mask=None,
                  output_type: str = "pil", progress: bool = True, **sampler_options):
-        """``class_labels`` (ints or class names) or ``num_images`` for an unconditional model.
+        """``class_labels`` (ints or class names), ``prompt`` for a text-conditioned model, or
+        ``num_images`` for an unconditional one.
         ``image`` (+ ``strength``) starts from a given image (SDEdit); ``image`` + ``mask`` inpaints
         where ``mask == 1`` and keeps the rest. Returns PIL images, or a (B, C, H, W) tensor in
         [-1, 1] with ``output_type="pt"``."""
         if num_inference_steps is not None and num_inference_steps <= 0:
             raise ValueError(f"num_inference_steps must be positive, got {num_inference_steps}")
-        labels, batch = self._labels(class_labels, num_images)
+        if prompt is not None:
+            cond, uncond, batch = self._prompt_conditioning(prompt)
+        else:
+            labels, batch = self._labels(class_labels, num_images)
+            cond = {"class_labels": labels} if labels is not None else {}
+            uncond = self._uncond(labels)
         shape = (batch, *self.latent_shape())
-        cond = {"class_labels": labels} if labels is not None else {}
-        kw = dict(cond=cond, uncond=self._uncond(labels), guidance_scale=guidance_scale,
+        kw = dict(cond=cond, uncond=uncond, guidance_scale=guidance_scale,
                   guidance_rescale=guidance_rescale, num_inference_steps=num_inference_steps, sampler=sampler,
                   spacing=spacing, generator=generator, progress=progress, **sampler_options)
         if image is not None and mask is not None:
