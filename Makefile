@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: train the digits default (a few minutes on a CPU), then sample a 10x10 class grid.
 demo: $(STAMP)
-	$(PY) recipes/gmm_demo.py --output_dir outputs/demo
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/image_train.py --output_dir outputs/demo --overwrite_output_dir
+	$(PY) recipes/sample_grid.py --model outputs/demo/export --output outputs/demo/digits_grid.png
+	@echo "outputs: outputs/demo/digits_grid.png (class grid), outputs/demo/export (safetensors pipeline),"
+	@echo "         outputs/demo/samples (validation grids), tensorboard --logdir outputs/demo/logs"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
