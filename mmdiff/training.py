@@ -320,9 +320,12 @@ class Trainer:
         self.ema = EMA(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, power=cfg.ema_power)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
         self.sampler = sampler
-        if cfg.resume_from_checkpoint:
+        fresh_latest = cfg.resume_from_checkpoint == "latest" and not checkpoint_folders(self.output_dir)
+        if cfg.resume_from_checkpoint and not fresh_latest:
             self._resume(find_checkpoint(self.output_dir, cfg.resume_from_checkpoint))
         elif self.main:
+            if fresh_latest:  # a requeued job's first start: nothing to resume yet
+                self.log(f"no checkpoint in {self.output_dir / CHECKPOINTS} yet: starting a new run")
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / RUN_FILE).write_text(json.dumps(self._run_record(), indent=2))
         if acc.log_with:

@@ -125,3 +125,8 @@ def test_yaml_config_and_overrides(tmp_path):
     with pytest.raises(SystemExit, match=r"unknown option\(s\) \['max_stepz'\]"):
         parse_config([TrainConfig, ImageArgs], ["--config", str(cfg)])
     run = json.loads  # noqa: F841  (keeps json imported for readers of run.json below)
+
+
+def test_resume_latest_in_an_empty_folder_starts_a_new_run(tmp_path):
+    trainer, export = train(tmp_path, max_steps=3, resume_from_checkpoint="latest")
+    assert trainer.state.step == 3 and export.is_dir()
