@@ -18,22 +18,21 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import signal
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
@@ -428,16 +427,38 @@ class Trainer:
         return bool(self.accelerator.reduce(flag, "sum").item() > 0)
 
     # --------------------------------------------------------------------- validation, export
-    def _validate(self) -> None:
+    @property
+    def sharded(self) -> bool:
+        """Parameters split across ranks (FSDP, DeepSpeed): the main process alone cannot run or
+        save the model, so the EMA weights are gathered into an unsharded copy first."""
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+    @contextmanager
+    def ema_model(self):
+        """The model with the EMA weights, usable by the main process (None on other ranks);
+        a collective call under FSDP/DeepSpeed."""
         acc = self.accelerator
-        if self.main:
-            model = acc.unwrap_model(self.model)
-            model.eval()
-            with self.ema.averaged(model), torch.no_grad():
-                images = self.task.validation(model, self.state.step, self.output_dir / "samples")
+        model = acc.unwrap_model(self.model)
+        if not self.sharded:
+            with self.ema.averaged(model):
+                yield model.eval() if self.main else None
             model.train()
-            self._log_images(images)
-        acc.wait_for_everyone()
+            return
+        with self.ema.averaged(model):
+            state = acc.get_state_dict(self.model)  # full weights, gathered on the main process
+        copy = None
+        if self.main:
+            copy = type(model)(model.config)  # models are built as cls(config)
+            copy.load_state_dict(state)
+        yield copy.eval() if copy is not None else None
+
+    def _validate(self) -> None:
+        with self.ema_model() as model:
+            if model is not None:
+                with torch.no_grad():
+                    images = self.task.validation(model, self.state.step, self.output_dir / "samples")
+                self._log_images(images)
+        self.accelerator.wait_for_everyone()
 
     def _log_images(self, images: dict) -> None:
         for tracker in self.accelerator.trackers:
@@ -450,11 +471,10 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         path = None
-        if self.main:
-            model = acc.unwrap_model(self.model)
-            with self.ema.averaged(model):
-                path = self.task.export(model.eval(), self.export_dir)
-            self.log(f"exported pipeline (EMA weights): {path.resolve()}")
+        with self.ema_model() as model:
+            if model is not None:
+                path = self.task.export(model, self.export_dir)
+                self.log(f"exported pipeline (EMA weights): {path.resolve()}")
         acc.wait_for_everyone()
         return path
 
@@ -548,4 +568,4 @@ def describe_outputs(config: TrainConfig, export: Path | None) -> str:
 
 
 __all__ = ["TrainConfig", "Trainer", "parse_config", "run", "lr_at", "find_checkpoint", "verify_checkpoint",
-           "describe_outputs", "Any"]
+           "describe_outputs"]

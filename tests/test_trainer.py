@@ -1,5 +1,4 @@
 """The one Trainer: export, exact resume, checkpoint safety, rotation, non-finite losses."""
-import json
 import warnings
 
 import pytest
@@ -124,7 +123,6 @@ def test_yaml_config_and_overrides(tmp_path):
     cfg.write_text("max_stepz: 7\n")
     with pytest.raises(SystemExit, match=r"unknown option\(s\) \['max_stepz'\]"):
         parse_config([TrainConfig, ImageArgs], ["--config", str(cfg)])
-    run = json.loads  # noqa: F841  (keeps json imported for readers of run.json below)
 
 
 def test_resume_latest_in_an_empty_folder_starts_a_new_run(tmp_path):
