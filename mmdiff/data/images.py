@@ -21,15 +21,13 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from mmdiff.data import DataError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DIGITS_SPLITS = ("train", "test", "all")
 SPLIT_FOLDERS = ("train", "test", "val", "validation")
 LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 weights, as in PIL's convert("L")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B")
-
-
-class DataError(ValueError):
-    """Data that cannot be used as asked; raised while building a data set, before training starts."""
 
 
 # ----------------------------------------------------------------------------- shared helpers

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmdiff.data import DataError
+
 BUILTINS = ("markov", "python-docstrings")
 SPLITS = ("train", "validation", "all")
 VALIDATION_FRACTION = 0.05
@@ -38,10 +40,6 @@ STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "__
 MARKOV_SIZES = {"train": 4096, "validation": 256}
 MARKOV_LENGTH = 64
 MARKOV_ALPHABET = string.ascii_lowercase + string.ascii_uppercase + string.digits
-
-
-class DataError(ValueError):
-    """Data that cannot be used as asked; the message names the path and what was wrong or skipped."""
 
 
 @dataclasses.dataclass

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdiff.core.checkpoint import check_state_dict, config_from_dict, config_to_dict, load_tensors, save_tensors
+from mmdiff.data.images import digits_arrays
 from mmdiff.eval.metrics import frechet_from_stats, gaussian_stats, wasserstein_1d
 
 WEIGHTS_PATH = Path(__file__).resolve().parent.parent / "assets" / "digits_classifier.safetensors"
@@ -33,21 +34,12 @@ NUM_CLASSES = 10
 
 # ----------------------------------------------------------------------------- data
 
-@functools.cache
 def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 1, 8, 8) float32 in [-1, 1], labels (N,) int64) for "train" or "test".
-    Mirrors ``mmdiff.data.images.digits_arrays``, which will become the one owner of this split;
-    until then the two must use exactly this rule."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """(images (N, 1, 8, 8) float32 in [-1, 1], labels (N,) int64) of the one digits split."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    data = load_digits()
-    train, test = train_test_split(np.arange(len(data.target)), test_size=0.2,
-                                   stratify=data.target, random_state=0)
-    idx = train if split == "train" else test
-    images = (data.images[idx] / 16 * 2 - 1).astype(np.float32)[:, None]
-    return images, data.target[idx].astype(np.int64)
+    images, labels = digits_arrays(split)
+    return (images * 2 - 1).astype(np.float32)[:, None], labels.astype(np.int64)
 
 
 def _digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
