@@ -502,18 +502,29 @@ class Trainer:
         model_state = acc.get_state_dict(self.model)  # collective under FSDP / ZeRO-3
         acc.wait_for_everyone()
         if self.main:
-            with atomic_write_dir(final) as tmp:
-                save_tensors(model_state, tmp / "model.safetensors")
-                save_tensors(self.ema.shadow, tmp / "ema.safetensors", metadata={"step": str(self.ema.step)})
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                shutil.move(str(staging), tmp / "rng")
-                record = {**self._run_record(), "state": dataclasses.asdict(state)}
-                (tmp / STATE_FILE).write_text(json.dumps(record, indent=2))
-                write_manifest(tmp)
-                fsync_tree(tmp)
+            try:
+                self._write_checkpoint(final, staging, model_state)
+            except OSError as e:
+                shutil.rmtree(staging, ignore_errors=True)
+                good = [f.name for f in checkpoint_folders(self.output_dir) if verify_checkpoint(f) is None]
+                raise OSError(e.errno, f"could not write checkpoint {final} ({e.strerror or e}); nothing was "
+                                       f"replaced: the newest intact checkpoint is "
+                                       f"{good[-1] if good else 'none'}. Free space and resume with "
+                                       f"--resume_from_checkpoint latest") from e
             self._rotate()
         acc.wait_for_everyone()
         return final
+
+    def _write_checkpoint(self, final: Path, staging: Path, model_state: dict) -> None:
+        with atomic_write_dir(final) as tmp:
+            save_tensors(model_state, tmp / "model.safetensors")
+            save_tensors(self.ema.shadow, tmp / "ema.safetensors", metadata={"step": str(self.ema.step)})
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            shutil.move(str(staging), tmp / "rng")
+            record = {**self._run_record(), "state": dataclasses.asdict(self.state)}
+            (tmp / STATE_FILE).write_text(json.dumps(record, indent=2))
+            write_manifest(tmp)
+            fsync_tree(tmp)
 
     def _rotate(self) -> None:
         """Keep the newest ``checkpoints_total_limit`` complete checkpoints; never the newest good one."""

@@ -49,6 +49,9 @@ def config_from_dict(config_class: type, data: dict, source: str = "config") -> 
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints.get(name), value)
+        if not _fits(hints.get(name), kwargs[name]):
+            raise CheckpointError(f"{source}: option '{name}' of {config_class.__name__} should be "
+                                  f"{_type_name(hints.get(name))}, got {value!r}")
     try:
         return config_class(**kwargs)
     except (TypeError, ValueError) as e:
@@ -69,6 +72,33 @@ def _coerce(hint, value):
         inner = args[0] if args else None
         return tuple(_coerce(inner, v) for v in value)
     return value
+
+
+def _fits(hint, value) -> bool:
+    """Shallow type check of a JSON value against a simple annotation (int, float, str, bool,
+    their Optional forms, tuples and lists); anything richer passes."""
+    if hint is None:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(a, value) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        return isinstance(value, (tuple, list))
+    return True
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def read_config_json(folder: Path) -> dict:
