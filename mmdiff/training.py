@@ -32,8 +32,8 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
-from torch.utils.data import DataLoader, Sampler
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
@@ -250,6 +250,9 @@ class Trainer:
             cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
+            # Every rank reads a stream and keeps its slice of each global batch (no dispatching from
+            # rank 0), so loaders keep their own generator and resume exactly.
+            dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
             log_with=report or None,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir),
                                                 logging_dir=str(self.output_dir / "logs")))
@@ -282,19 +285,29 @@ class Trainer:
             f"to continue it, --overwrite_output_dir to start over (this deletes its checkpoints and export), "
             f"or choose another --output_dir")
 
-    def _dataloader(self, dataset) -> tuple[DataLoader, EpochSampler]:
-        if len(dataset) < self.config.batch_size * self.accelerator.num_processes:
+    def _dataloader(self, dataset) -> tuple[DataLoader, EpochSampler | None]:
+        """Map-style data: a ``(seed, epoch)`` permutation sharded by accelerate. Streams
+        (``IterableDataset``): read in order, each rank taking its slice of every global batch;
+        a stream with ``set_epoch`` reshuffles per epoch."""
+        cfg, acc = self.config, self.accelerator
+        common = dict(batch_size=cfg.batch_size, drop_last=True, num_workers=cfg.num_workers,
+                      collate_fn=getattr(self.task, "collate", None), persistent_workers=cfg.num_workers > 0,
+                      # its own generator: starting an iterator (as a resume does) must not draw from
+                      # the global RNG that the loss uses
+                      generator=torch.Generator().manual_seed(cfg.seed))
+        if isinstance(dataset, IterableDataset):
+            return DataLoader(dataset, **common), None
+        if len(dataset) < cfg.batch_size * acc.num_processes:
             raise ValueError(f"the data set has {len(dataset)} examples, fewer than one batch "
-                             f"({self.config.batch_size} x {self.accelerator.num_processes} processes); "
-                             f"lower --batch_size")
-        sampler = EpochSampler(len(dataset), self.config.seed)
-        loader = DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=self.config.num_workers, collate_fn=getattr(self.task, "collate", None),
-                            persistent_workers=self.config.num_workers > 0,
-                            # its own generator: starting an iterator (as a resume does) must not
-                            # draw from the global RNG that the loss uses
-                            generator=torch.Generator().manual_seed(self.config.seed))
-        return loader, sampler
+                             f"({cfg.batch_size} x {acc.num_processes} processes); lower --batch_size")
+        sampler = EpochSampler(len(dataset), cfg.seed)
+        return DataLoader(dataset, sampler=sampler, **common), sampler
+
+    def _set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.epoch = epoch
+        elif hasattr(self.task.dataset, "set_epoch"):
+            self.task.dataset.set_epoch(epoch)
 
     def _install_signal_handlers(self):
         def handler(signum, frame):
@@ -353,8 +366,13 @@ class Trainer:
         self.model.train()
         window_finite, t0 = True, time.time()
         while state.step < cfg.max_steps:
-            self.sampler.epoch = state.epoch
+            self._set_epoch(state.epoch)
             loader = acc.skip_first_batches(self.loader, state.batch_in_epoch) if state.batch_in_epoch else self.loader
+            if hasattr(loader, "set_epoch"):  # accelerate re-sets a stream's epoch from its own pass count
+                loader.set_epoch(state.epoch)
+            if getattr(loader, "generator", None) is not None:
+                # worker seeds then depend on (seed, epoch) only, so a resumed epoch gets the same ones
+                loader.generator.manual_seed(cfg.seed * 1_000_003 + state.epoch)
             for batch in loader:
                 with acc.accumulate(self.model):
                     loss, logs = self.task.loss(self.model, batch)

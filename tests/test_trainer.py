@@ -128,3 +128,50 @@ def test_yaml_config_and_overrides(tmp_path):
 def test_resume_latest_in_an_empty_folder_starts_a_new_run(tmp_path):
     trainer, export = train(tmp_path, max_steps=3, resume_from_checkpoint="latest")
     assert trainer.state.step == 3 and export.is_dir()
+
+
+class DigitStream(torch.utils.data.IterableDataset):
+    """A finite stream in a per-epoch order, standing in for data that does not fit in memory."""
+
+    def __init__(self, base):
+        self.base, self.epoch = base, 0
+        self.num_classes, self.class_names, self.channels = base.num_classes, base.class_names, base.channels
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.randperm(len(self.base), generator=torch.Generator().manual_seed(self.epoch))[:200]
+        for i in order.tolist():
+            yield {**self.base[i], "index": torch.tensor(i)}
+
+
+class StreamTask(ImageTask):
+    def __init__(self):
+        super().__init__(ImageArgs(**TINY))
+        self.seen = []
+
+    def build_dataset(self):
+        return DigitStream(super().build_dataset())
+
+    def example_shape(self):
+        return tuple(next(iter(self.dataset))["image"].shape)
+
+    def loss(self, model, batch):
+        self.seen += batch["index"].tolist()
+        return super().loss(model, batch)
+
+
+def test_streamed_data_resumes_without_repeating_or_skipping(tmp_path):
+    straight = Trainer(StreamTask(), config(tmp_path / "a", max_steps=16, checkpointing_steps=5))
+    straight.train()
+    part = Trainer(StreamTask(), config(tmp_path / "b", max_steps=5, checkpointing_steps=5))
+    part.train()
+    rest = Trainer(StreamTask(), config(tmp_path / "b", max_steps=16, checkpointing_steps=5,
+                                        resume_from_checkpoint="latest"))
+    rest.train()
+    assert part.task.seen + rest.task.seen == straight.task.seen  # 12 batches per epoch: crosses one
+    assert rest.state.epoch == straight.state.epoch == 1
+    a = straight.accelerator.unwrap_model(straight.model).state_dict()
+    b = rest.accelerator.unwrap_model(rest.model).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
