@@ -3,8 +3,10 @@
 One ``DiTBlock`` serves every modality. Its self-attention runs over all tokens ("joint"), over
 the tokens of each frame ("spatial") or over each spatial position across frames ("temporal");
 the last two only regroup the token tensor with einops, so frame attention never forms a
-(T*H*W)^2 attention matrix. Conditioning is adaLN-Zero on noise level (+ class label), with
-optional cross-attention to a sequence of context embeddings (text encoders).
+(T*H*W)^2 attention matrix. Attention is SDPA, except short unmasked bfloat16 sequences on the
+CPU, which train faster written out (``ScoresAttention``, float32 scores as in the flash kernel).
+Conditioning is adaLN-Zero on noise level (+ class label), with optional cross-attention to a
+sequence of context embeddings (text encoders).
 """
 from __future__ import annotations
 
@@ -75,8 +77,54 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
 
 
+class ScoresAttention(torch.autograd.Function):
+    """``softmax(q k^T / sqrt(d)) v`` written out, for short bfloat16 sequences on the CPU, where
+    PyTorch's flash kernel trains ~1.5x slower than plain batched matmuls (benchmarks/dit_train.py).
+    Scores and softmax stay float32 as in the flash kernel; the products with the probabilities
+    and the gradients run in bfloat16. Saves the probabilities (B, H, N, M) where flash saves a
+    log-sum-exp (B, H, N)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        # Dense copies of the strided views of the fused qkv output: every product below reads
+        # them, and matmul would otherwise copy them each time.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # (B, H, N, d), (B, H, M, d)
+        scale = q.shape[-1] ** -0.5
+        q32 = q.to(torch.float32, copy=True).mul_(scale)
+        scores = q32 @ k.float().transpose(-1, -2)  # (B, H, N, M)
+        p = scores.softmax(-1).to(v.dtype)
+        # Stored (B, N, H, d) like flash's output, so merging the heads afterwards is a free view
+        # and the tensor saved here is the one the output projection saves.
+        out = (p @ v).transpose(1, 2).contiguous().transpose(1, 2)  # (B, H, N, d)
+        ctx.save_for_backward(q, k, v, p, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, p, out = ctx.saved_tensors
+        scale = q.shape[-1] ** -0.5
+        delta = (grad.float() * out.float()).sum(-1, keepdim=True)  # rowsum(p * dp), (B, H, N, 1)
+        ds = (grad @ v.transpose(-1, -2)).float().sub_(delta).mul_(p).to(q.dtype)  # softmax backward
+        # 1/sqrt(d) goes on the (N, d) results, a quarter the size of ds at M = 4d.
+        return (ds @ k).mul_(scale), (ds.transpose(-1, -2) @ q).mul_(scale), p.transpose(-1, -2) @ grad
+
+
+# Any attention keeps q, k, v and its output for backward: 4 * D values per query. The explicit
+# path adds H * M probabilities per query and is taken only while that is no more (M <= 4 * d).
+KEPT_FOR_BACKWARD = 4
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+    """Attention over (B, H, N, d) queries and (B, H, M, d) keys/values: SDPA, except unmasked
+    bfloat16 on the CPU with short keys (``ScoresAttention``), at most doubling attention memory."""
+    short = k.shape[-2] <= KEPT_FOR_BACKWARD * q.shape[-1]
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and mask is None and not causal and short:
+        return ScoresAttention.apply(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+
 class Attention(nn.Module):
-    """Multi-head attention through SDPA; ``mode`` regroups tokens before attending."""
+    """Multi-head attention through ``attend``; ``mode`` regroups tokens before attending."""
 
     def __init__(self, dim: int, heads: int, qk_norm: bool, context_dim: int = 0):
         super().__init__()
@@ -104,7 +152,7 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        out = attend(q, k, v, mask, causal)
         out = self.proj(rearrange(out, "b h n d -> b n (h d)"))
         if mode == "spatial":
             out = rearrange(out, "(b t) s d -> b (t s) d", t=grid[0])
@@ -193,14 +241,16 @@ class DiT(PretrainedMixin, nn.Module):
     @classmethod
     def from_preset(cls, name: str, *, in_channels: int = 4, input_size: int | tuple = 32, **options) -> "DiT":
         """``DiT.from_preset("DiT-XL/2", in_channels=4, input_size=32, num_classes=1000)``; an
-        image patcher unless ``patch=PatchConfig(...)`` is given."""
+        image patcher unless ``patch=PatchConfig(...)`` is given; other options are ``DiTConfig``
+        fields and override the preset."""
         if name not in PRESETS:
             raise ValueError(f"unknown DiT preset '{name}'; choose one of {list(PRESETS)}")
-        preset = dict(PRESETS[name])
+        patch = options.pop("patch", None)
+        preset = {**PRESETS[name], **options}  # options override the preset (e.g. depth=6)
         p = preset.pop("patch")
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-        patch = options.pop("patch", None) or PatchConfig("image", in_channels, size, p)
-        return cls(DiTConfig(patch=replace(patch, patch=p), **preset, **options))
+        patch = patch or PatchConfig("image", in_channels, size, p)
+        return cls(DiTConfig(patch=replace(patch, patch=p), **preset))
 
     @property
     def null_class(self) -> int | None:

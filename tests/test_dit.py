@@ -1,0 +1,341 @@
+"""DiT contracts: sizes against the paper, shapes for every patcher, label handling, adaLN-Zero,
+frame attention that never forms a (T*H*W)^2 matrix, equality with diffusers' DiT at the same
+configuration (which is what makes benchmarks/dit_train.py a like-for-like comparison),
+gradient checkpointing, save/load and bfloat16.
+
+diffusers is the reference only: the weight mapping lives here, not in the library.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DiTTransformer2DModel
+
+import mmdiff.core.dit as dit_module
+from mmdiff.core.dit import DiT, DiTBlock, DiTConfig, ScoresAttention, attend
+from mmdiff.core.patch import PatchConfig
+
+TOL = 1e-5  # max abs difference against diffusers, float32
+# DiT paper Table 4 / the official repo's printout; the official count includes the fixed 2-D
+# sin-cos table (tokens x hidden) as a parameter, ours keeps it as a buffer.
+PAPER_PARAMS = {"DiT-S/2": 33e6, "DiT-B/2": 130e6, "DiT-L/2": 458e6, "DiT-XL/2": 675.13e6}
+OFFICIAL_XL2 = 675_129_632
+
+
+def tiny(kind="image", attention="joint", depth=2, **options) -> DiT:
+    patches = {"image": PatchConfig("image", 4, (8, 8), 2),
+               "video": PatchConfig("video", 3, (4, 8, 8), 2, temporal_patch=2),
+               "sequence": PatchConfig("sequence", 16, (12,), 1, positions=options.pop("positions", "sincos"))}
+    config = DiTConfig(patch=patches[kind], hidden_size=32, depth=depth, num_heads=4, attention=attention,
+                       **{"num_classes": 10, **options})
+    return DiT(config)
+
+
+def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Move every weight off its init (adaLN-Zero makes a fresh DiT the zero function)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(std * torch.randn(p.shape, generator=g))
+    return module
+
+
+# ------------------------------------------------------------------------------------ sizes
+
+def count(name: str, **options) -> int:
+    with torch.device("meta"):
+        model = DiT.from_preset(name, in_channels=4, input_size=32, num_classes=1000, out_channels=8, **options)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
+def test_parameter_counts_match_the_paper(name):
+    n = count(name)
+    assert abs(n - PAPER_PARAMS[name]) / PAPER_PARAMS[name] < 0.01, f"{name}: {n / 1e6:.2f}M"
+
+
+def test_xl2_count_equals_the_official_repo_plus_its_fixed_position_table():
+    n, (hidden, tokens) = count("DiT-XL/2"), (1152, (32 // 2) ** 2)
+    assert n + tokens * hidden == OFFICIAL_XL2
+
+
+def test_preset_options_override_the_preset():
+    assert count("DiT-S/2", depth=6) < count("DiT-S/2")
+
+
+# ----------------------------------------------------------------------------------- shapes
+
+@pytest.mark.parametrize("kind,attention,shape", [
+    ("image", "joint", (2, 4, 8, 8)),
+    ("video", "joint", (2, 4, 3, 8, 8)),
+    ("video", "factorized", (2, 4, 3, 8, 8)),
+    ("video", "factorized", (2, 2, 3, 8, 8)),  # fewer frames than trained on
+    ("sequence", "joint", (2, 12, 16)),
+    ("sequence", "causal", (2, 7, 16)),
+])
+def test_output_is_shaped_like_the_input(kind, attention, shape):
+    model = tiny(kind, attention).eval()
+    out = model(torch.randn(shape), torch.rand(shape[0]) * 999, torch.tensor([1, 2]))
+    assert out.shape == shape
+
+
+@pytest.mark.parametrize("positions", ["sincos", "learned", "rope"])
+def test_sequence_positions(positions):
+    model = randomize(tiny("sequence", positions=positions)).eval()
+    out = model(torch.randn(2, 9, 16), torch.tensor([3.0, 500.0]), torch.tensor([0, 9]))
+    assert out.shape == (2, 9, 16) and torch.isfinite(out).all()
+
+
+def test_learned_sigma_doubles_the_output_channels():
+    model = tiny(out_channels=8).eval()
+    assert model(torch.randn(2, 4, 8, 8), torch.tensor(10), torch.tensor([1, 2])).shape == (2, 8, 8, 8)
+
+
+# ----------------------------------------------------------------------------------- labels
+
+def test_label_out_of_range_names_the_range():
+    model = tiny().eval()  # 10 classes + the null class 10
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([1.0, 2.0])
+    for bad in ([0, 11], [-1, 3]):
+        with pytest.raises(ValueError, match=r"0\.\.10"):
+            model(x, t, torch.tensor(bad))
+
+
+def test_missing_labels_for_a_class_conditional_model():
+    with pytest.raises(ValueError, match="class_labels"):
+        tiny().eval()(torch.randn(2, 4, 8, 8), torch.tensor([1.0, 2.0]))
+
+
+def test_label_dropout_uses_the_null_class_only_in_training():
+    model = tiny(class_dropout=0.5)
+    seen = []
+    model.y_embedder.register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone()))
+    labels = torch.arange(10).repeat(10)
+    x, t = torch.randn(100, 4, 8, 8), torch.rand(100)
+    torch.manual_seed(0)
+    model.train()(x, t, labels)
+    model.eval()(x, t, labels)
+    trained, evaluated = seen
+    dropped = trained != labels
+    assert 0 < dropped.sum() < len(labels)
+    assert (trained[dropped] == model.null_class).all()
+    assert torch.equal(evaluated, labels)
+
+
+# ------------------------------------------------------------------------------- adaLN-Zero
+
+def test_at_init_the_output_is_exactly_zero_and_every_block_is_the_identity():
+    model = tiny("video", "factorized", depth=2).eval()
+    x, t, y = torch.randn(2, 4, 3, 8, 8), torch.tensor([10.0, 900.0]), torch.tensor([1, 2])
+    assert torch.equal(model(x, t, y), torch.zeros_like(x))
+    h, c = torch.randn(2, 2 * 16, 32), torch.randn(2, 32)
+    for block in model.blocks:
+        assert torch.equal(block(h, c, grid=(2, 16)), h)
+
+
+# -------------------------------------------------------------------------- frame attention
+
+@pytest.mark.parametrize("mode", ["spatial", "temporal"])
+def test_frame_attention_mixes_only_its_own_group(mode):
+    frames, per_frame, d = 3, 5, 32
+    config = DiTConfig(patch=PatchConfig("video", 3, (frames, 8, 8), 2), hidden_size=d, depth=1, num_heads=4)
+    block = randomize(DiTBlock(config, mode)).eval()
+    h, c = torch.randn(1, frames * per_frame, d), torch.randn(1, d)
+    t0, s0 = 1, 2
+    bumped = h.clone()
+    bumped[0, t0 * per_frame + s0] += 1.0
+    with torch.no_grad():
+        changed = (block(bumped, c, grid=(frames, per_frame)) != block(h, c, grid=(frames, per_frame))).any(-1)[0]
+    t, s = torch.arange(frames).repeat_interleave(per_frame), torch.arange(per_frame).repeat(frames)
+    expected = (t == t0) if mode == "spatial" else (s == s0)
+    assert torch.equal(changed, expected)
+
+
+def test_factorized_attention_never_attends_over_all_frames_at_once(monkeypatch):
+    key_lengths = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        key_lengths.append(k.shape[-2])
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    model = randomize(tiny("video", "factorized", depth=4)).eval()
+    frames, tokens_per_frame = 2, (8 // 2) ** 2  # 4 frames at temporal patch 2
+    model(torch.randn(2, 4, 3, 8, 8), torch.tensor([5.0, 6.0]), torch.tensor([1, 2]))
+    assert len(key_lengths) == 4
+    assert max(key_lengths) == max(frames, tokens_per_frame)
+    assert frames * tokens_per_frame not in key_lengths
+
+
+# ------------------------------------------------------------------------------- diffusers
+
+def diffusers_dit(depth=2, classes=10, size=8, out_channels=8) -> DiTTransformer2DModel:
+    torch.manual_seed(0)
+    model = DiTTransformer2DModel(num_attention_heads=6, attention_head_dim=64, in_channels=4,
+                                  out_channels=out_channels, num_layers=depth, sample_size=size, patch_size=2,
+                                  num_embeds_ada_norm=classes, norm_eps=1e-6)
+    randomize(model)
+    blocks = model.transformer_blocks
+    for block in blocks[1:]:
+        # diffusers gives every block its own timestep/label embedder; the paper's DiT (and ours)
+        # has one. Equal copies make the two the same function.
+        block.norm1.emb.load_state_dict(blocks[0].norm1.emb.state_dict())
+    for block in blocks:
+        # diffusers' DiT divides the frequency exponent by half - 1, the paper's code by half.
+        block.norm1.emb.time_proj.downscale_freq_shift = 0
+    return model.eval()
+
+
+def ours_from_diffusers(theirs: DiTTransformer2DModel) -> DiT:
+    """Map diffusers' DiTTransformer2DModel weights onto an equally configured mmdiff DiT."""
+    cfg = theirs.config
+    d, p = cfg.num_attention_heads * cfg.attention_head_dim, cfg.patch_size
+    ours = DiT.from_preset(f"DiT-S/{p}", in_channels=cfg.in_channels, input_size=cfg.sample_size,
+                           num_classes=cfg.num_embeds_ada_norm, out_channels=cfg.out_channels, depth=cfg.num_layers,
+                           hidden_size=d, num_heads=cfg.num_attention_heads)
+    src = theirs.state_dict()
+    emb = "transformer_blocks.0.norm1.emb."
+    out = {
+        "patcher.pos": ours.patcher.pos,  # a fixed table on both sides (compared in the test)
+        "x_embedder.weight": src["pos_embed.proj.weight"].reshape(d, -1),  # (D, c p q), as a conv's
+        "x_embedder.bias": src["pos_embed.proj.bias"],
+        "t_embedder.mlp.0.weight": src[emb + "timestep_embedder.linear_1.weight"],
+        "t_embedder.mlp.0.bias": src[emb + "timestep_embedder.linear_1.bias"],
+        "t_embedder.mlp.2.weight": src[emb + "timestep_embedder.linear_2.weight"],
+        "t_embedder.mlp.2.bias": src[emb + "timestep_embedder.linear_2.bias"],
+        "y_embedder.weight": src[emb + "class_embedder.embedding_table.weight"],
+        "final_layer.adaLN_modulation.1.weight": src["proj_out_1.weight"],
+        "final_layer.adaLN_modulation.1.bias": src["proj_out_1.bias"],
+    }
+    # diffusers' output token is laid out (p, q, c); ours (c, p, q) like the patch embedding.
+    def pqc_to_cpq(t):
+        return t.reshape(p, p, cfg.out_channels, *t.shape[1:]).permute(2, 0, 1, *range(3, t.ndim + 2)).flatten(0, 2)
+    out["final_layer.linear.weight"] = pqc_to_cpq(src["proj_out_2.weight"])
+    out["final_layer.linear.bias"] = pqc_to_cpq(src["proj_out_2.bias"])
+    for i in range(cfg.num_layers):
+        a, b = f"transformer_blocks.{i}.", f"blocks.{i}."
+        for kind in ("weight", "bias"):
+            out[b + f"attn.qkv.{kind}"] = torch.cat([src[a + f"attn1.to_{x}.{kind}"] for x in "qkv"])
+            out[b + f"attn.proj.{kind}"] = src[a + f"attn1.to_out.0.{kind}"]
+            out[b + f"mlp.fc1.{kind}"] = src[a + f"ff.net.0.proj.{kind}"]
+            out[b + f"mlp.fc2.{kind}"] = src[a + f"ff.net.2.{kind}"]
+            out[b + f"adaLN_modulation.1.{kind}"] = src[a + f"norm1.linear.{kind}"]
+    ours.load_state_dict(out, strict=True)
+    return ours.eval()
+
+
+def test_same_function_as_diffusers_dit():
+    theirs = diffusers_dit()
+    ours = ours_from_diffusers(theirs)
+    assert (ours.patcher.pos - theirs.pos_embed.pos_embed[0]).abs().max() < 1e-6
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(4, 4, 8, 8, generator=g), torch.rand(4, generator=g) * 999
+    y = torch.randint(0, 10, (4,), generator=g)
+    with torch.no_grad():
+        expected = theirs(x, t, y, return_dict=False)[0]
+        got = ours(x, t, y)
+    assert expected.shape == got.shape == (4, 8, 8, 8)  # learned sigma: 2 x 4 channels
+    assert expected.abs().mean() > 0.1  # a function worth comparing, not adaLN-Zero's zeros
+    assert (got - expected).abs().max() <= TOL
+
+
+def test_library_never_imports_diffusers():
+    tree = ast.parse(Path(dit_module.__file__).read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not any(n.startswith("diffusers") for n in names)
+
+
+# ------------------------------------------------------------------------ explicit attention
+
+def attention_and_grads(fn, q, k, v, grad):
+    q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    out.backward(grad)
+    return [out, q.grad, k.grad, v.grad]
+
+
+def test_scores_attention_equals_sdpa_with_gradients():
+    g = torch.Generator().manual_seed(0)
+    q, k, v, grad = (torch.randn(2, 3, 16, 8, generator=g) for _ in range(4))
+    ours = attention_and_grads(ScoresAttention.apply, 3 * q, k, v, grad)
+    ref = attention_and_grads(F.scaled_dot_product_attention, 3 * q, k, v, grad)
+    for a, b in zip(ours, ref):
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_scores_attention_in_bfloat16_is_as_accurate_as_flash():
+    g = torch.Generator().manual_seed(0)
+    q, k, v, grad = (torch.randn(2, 3, 64, 16, generator=g, dtype=torch.float64) for _ in range(4))
+    ref = attention_and_grads(F.scaled_dot_product_attention, 3 * q, k, v, grad)
+    low = [t.bfloat16() for t in (3 * q, k, v, grad)]
+    ours = attention_and_grads(ScoresAttention.apply, *low)
+    flash = attention_and_grads(F.scaled_dot_product_attention, *low)
+    for a, b, r in zip(ours, flash, ref):
+        scale = r.abs().max()
+        # within 2x of the flash kernel's own bfloat16 error, which is a few bfloat16 epsilons
+        assert (a.double() - r).abs().max() / scale <= max(2 * (b.double() - r).abs().max() / scale, 0.01)
+
+
+def test_attend_uses_sdpa_when_masked_causal_long_or_float32(monkeypatch):
+    used = []
+    monkeypatch.setattr(ScoresAttention, "apply", lambda *a: used.append("explicit") or a[0])
+    q = torch.randn(1, 2, 8, 4, dtype=torch.bfloat16)
+    long = torch.randn(1, 2, 4 * 4 + 1, 4, dtype=torch.bfloat16)  # more than 4 * head_dim keys
+    attend(q, q, q)
+    assert used == ["explicit"]
+    attend(q, q, q, mask=torch.ones(1, 1, 1, 8, dtype=torch.bool))
+    attend(q, q, q, causal=True)
+    attend(q.float(), q.float(), q.float())
+    attend(q, long, long)
+    assert used == ["explicit"]
+
+
+# ------------------------------------------------------------- checkpointing, save, bfloat16
+
+def loss_grads(model, x, t, y):
+    model.zero_grad()
+    torch.manual_seed(0)  # the same label dropout both times
+    model(x, t, y).square().mean().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = randomize(tiny("video", "factorized", depth=2)).train()
+    x, t, y = torch.randn(2, 4, 3, 8, 8), torch.tensor([10.0, 900.0]), torch.tensor([1, 2])
+    plain = loss_grads(model, x, t, y)
+    model.config.gradient_checkpointing = True
+    checkpointed = loss_grads(model, x, t, y)
+    for name, grad in plain.items():
+        assert torch.allclose(grad, checkpointed[name], atol=1e-7), name
+
+
+def test_save_and_load_round_trip_bitwise(tmp_path):
+    model = randomize(tiny("video", "factorized", out_channels=6)).eval()
+    model.save_pretrained(tmp_path / "dit")
+    loaded = DiT.from_pretrained(tmp_path / "dit")
+    assert loaded.config == model.config
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    x, t, y = torch.randn(2, 4, 3, 8, 8), torch.tensor([10.0, 900.0]), torch.tensor([1, 2])
+    assert torch.equal(model(x, t, y), loaded(x, t, y))
+
+
+def test_bfloat16_weights_forward():
+    model = randomize(tiny()).eval().to(torch.bfloat16)
+    out = model(torch.randn(2, 4, 8, 8, dtype=torch.bfloat16), torch.tensor([10.0, 900.0]), torch.tensor([1, 2]))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_bfloat16_autocast_training_step_follows_float32():
+    model = randomize(tiny(class_dropout=0.0)).train()
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([10.0, 900.0]), torch.tensor([1, 2])
+    full = loss_grads(model, x, t, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = loss_grads(model, x, t, y)
+    for name, grad in full.items():
+        rel = (low[name].float() - grad).norm() / grad.norm().clamp(min=1e-12)
+        assert rel < 0.05, (name, rel)
