@@ -1,0 +1,198 @@
+"""Continuous text diffusion vs the autoregressive baseline: sample quality and throughput.
+
+    python benchmarks/text_quality.py markov --diffusion runs/text-markov/export --ar runs/text-markov-ar/export
+    python benchmarks/text_quality.py docstrings --diffusion runs/text-docstrings/export \
+        --ar runs/text-docstrings-ar/export
+    python benchmarks/text_quality.py throughput --diffusion runs/text-docstrings/export \
+        --ar runs/text-docstrings-ar/export
+
+``markov`` (exact): NLL per token of samples under the true chain vs its entropy rate, and the
+samples' unigram entropy vs the data's, for 8-128 steps and four samplers, next to AR samples.
+``docstrings``: held-out perplexity of the AR baseline; generative perplexity (under the AR
+baseline) of diffusion and AR samples; unigram entropy and distinct-2/3 vs held-out text.
+``throughput``: training and sampling tokens/s at equal model size. Each part rewrites its own
+block of the ``text-quality`` / ``text-throughput`` sections of docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import mmdiff  # noqa: E402
+from benchmarks.common import DOC, machine, median_time, pin_threads, table, update_section  # noqa: E402
+from recipes.text_eval import generate, heldout, markov_scores, perplexity, text_scores  # noqa: E402
+
+MARKOV_STEPS = (8, 16, 32, 64, 128)
+SAMPLERS = ("euler", "heun", "dpmpp_2m", "unipc")
+
+
+def load(path):
+    return mmdiff.pipeline("text", model=path)
+
+
+def load_avg() -> str:
+    return "load average {:.1f} / {:.1f} / {:.1f} (1/5/15 min) on {} cores".format(*os.getloadavg(), os.cpu_count())
+
+
+def write_block(name: str, markdown: str) -> None:
+    """Rewrite block ``name`` inside its section, creating the section skeleton when missing."""
+    section = name.rsplit("-", 1)[0]
+    blocks = {"text-quality": ("text-quality-markov", "text-quality-docstrings"),
+              "text-throughput": ("text-throughput-numbers",)}[section]
+    if f"<!-- BEGIN {section} -->" not in (DOC.read_text() if DOC.exists() else ""):
+        title = {"text-quality": "## Text: continuous diffusion vs autoregressive (quality)",
+                 "text-throughput": "## Text: training and sampling throughput"}[section]
+        update_section(section, title + "\n\n" + "\n\n".join(f"<!-- BEGIN {b} -->\n(not run yet)\n<!-- END {b} -->"
+                                                            for b in blocks))
+    update_section(name, markdown)
+
+
+def markov(args) -> str:
+    diff, ar = load(args.diffusion), load(args.ar)
+    n = args.num_samples
+    rows = []
+    t0 = time.time()
+    ids = generate(ar, n, seed=args.seed)
+    s = markov_scores(ids)
+    rate, data_h = s["entropy_rate"], s["data_entropy"]
+    rows.append(["AR baseline (ancestral)", "-", "-", s["nll"], s["nll_ratio"], s["entropy"], s["entropy"] / data_h,
+                 time.time() - t0])
+    for sampler in SAMPLERS:
+        for steps in MARKOV_STEPS:
+            t0 = time.time()
+            ids = generate(diff, n, seed=args.seed, num_inference_steps=steps, sampler=sampler)
+            s = markov_scores(ids)
+            rows.append(["diffusion", sampler, steps, s["nll"], s["nll_ratio"], s["entropy"], s["entropy"] / data_h,
+                         time.time() - t0])
+            print(rows[-1], flush=True)
+    md = (f"**markov** (exact): {n} samples of 64 tokens per row; entropy rate of the chain {rate:.4f} "
+          f"nats/token, unigram entropy of held-out data {data_h:.4f} nats (the held-out data's own NLL is "
+          f"{s['data_nll']:.4f}). Goal: NLL within 10% of the entropy rate at 64 steps with sample entropy "
+          f"within 5% of the data's. Models: `{args.diffusion}` ({diff.describe()}), `{args.ar}` "
+          f"({ar.describe()}).\n\n"
+          + table(["model", "sampler", "steps", "NLL/token", "NLL / entropy rate", "unigram entropy",
+                   "entropy / data's", "seconds"], rows)
+          + f"\n\n{machine()}; {load_avg()} at the end of the run.\n\n"
+          f"Command: `python benchmarks/text_quality.py markov --diffusion {args.diffusion} --ar {args.ar}`")
+    write_block("text-quality-markov", md)
+    return md
+
+
+def docstrings(args) -> str:
+    diff, ar = load(args.diffusion), load(args.ar)
+    n = args.num_samples
+    ref_ids, ref_len = heldout(ar, "python-docstrings", args.heldout_windows)
+    heldout_ppl = perplexity(ar, ref_ids, ref_len)
+    ref = text_scores(ref_ids, ar)
+    rows = [["held-out text", "-", "-", "-", ref["entropy"], ref["distinct2"], ref["distinct3"], "-"]]
+    t0 = time.time()
+    s = text_scores(generate(ar, n, seed=args.seed), ar, ar)
+    rows.append(["AR baseline (ancestral)", "-", "-", s["gen_ppl"], s["entropy"], s["distinct2"], s["distinct3"],
+                 time.time() - t0])
+    ar_ppl = s["gen_ppl"]
+    grid = [("euler", st) for st in (16, 32, 64, 128, 256)] + [("dpmpp_2m", st) for st in (8, 16, 32, 64)]
+    for sampler, steps in grid:
+        t0 = time.time()
+        ids = generate(diff, n, seed=args.seed, num_inference_steps=steps, sampler=sampler)
+        s = text_scores(ids, diff, ar)
+        rows.append(["diffusion", sampler, steps, s["gen_ppl"], s["entropy"], s["distinct2"], s["distinct3"],
+                     time.time() - t0])
+        print(rows[-1], flush=True)
+    sample = diff(num_samples=2, length=diff.max_length, generator=0, num_inference_steps=64)
+    cont = diff("The function returns", max_new_tokens=32, generator=0, num_inference_steps=64)
+    md = (f"**python-docstrings**: {n} samples of {diff.max_length} tokens per row (starting at a document "
+          f"start), scored by the AR baseline; held-out perplexity of the AR baseline: **{heldout_ppl:.2f}** over "
+          f"{int(ref_len.sum())} validation tokens. Goal: diffusion generative perplexity within 1.5x of the AR "
+          f"samples' ({1.5 * ar_ppl:.1f}) at matching entropy, and dpmpp_2m matching euler in 4x fewer steps. "
+          f"Models: `{args.diffusion}` ({diff.describe()}), `{args.ar}` ({ar.describe()}).\n\n"
+          + table(["samples", "sampler", "steps", "gen. perplexity", "unigram entropy", "distinct-2", "distinct-3",
+                   "seconds"], rows)
+          + "\n\nDiffusion samples (dpmpp_2m, 64 steps):\n\n"
+          + "\n".join(f"    {t!r}" for t in sample)
+          + f"\n\n`pipe(\"The function returns\", max_new_tokens=32)` -> `{cont!r}`\n\n"
+          f"{machine()}; {load_avg()} at the end of the run.\n\n"
+          f"Command: `python benchmarks/text_quality.py docstrings --diffusion {args.diffusion} --ar {args.ar}`")
+    write_block("text-quality-docstrings", md)
+    return md
+
+
+def throughput(args) -> str:
+    """Training step (forward, backward, AdamW) and sampling, diffusion vs AR, alternated so that
+    both see the same machine load."""
+    diff, ar = load(args.diffusion), load(args.ar)
+    rows = []
+    L, B = diff.max_length, args.train_batch
+    tokens = torch.randint(4, diff.model.config.vocab_size, (B, L))
+    fns = {}
+    for name, pipe in (("diffusion", diff), ("AR", ar)):
+        model = pipe.model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step(model=model, opt=opt):
+            out = model(tokens)
+            out["loss"].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        fns[name] = step
+    times = {name: [] for name in fns}
+    for _ in range(args.repeats):
+        for name, fn in fns.items():
+            times[name].append(median_time(fn, warmup=1, repeats=1))
+    for name in fns:
+        sec = sorted(times[name])[len(times[name]) // 2]
+        rows.append([f"{name} training step", f"{B} x {L}", sec, B * L / sec])
+    for pipe in (diff, ar):
+        pipe.model.eval()
+    n = args.sample_batch
+    kw = {"diffusion": {"num_inference_steps": args.sample_steps, "sampler": "dpmpp_2m"}, "AR": {}}
+    samp = {name: [] for name in kw}
+    for _ in range(max(1, args.repeats // 2)):
+        for name, pipe in (("diffusion", diff), ("AR", ar)):
+            t0 = time.perf_counter()
+            generate(pipe, n, seed=0, **kw[name])
+            samp[name].append(time.perf_counter() - t0)
+    for name in kw:
+        sec = sorted(samp[name])[len(samp[name]) // 2]
+        what = f"dpmpp_2m {args.sample_steps} steps" if name == "diffusion" else "ancestral, no KV cache"
+        rows.append([f"{name} sampling ({what})", f"{n} x {L}", sec, n * L / sec])
+    c = diff.model.config
+    params = {name: sum(p.numel() for p in pipe.model.parameters()) for name, pipe in (("diffusion", diff), ("AR", ar))}
+    md = (f"Both models {c.depth} x {c.hidden_size} (diffusion {params['diffusion'] / 1e6:.2f}M parameters, AR "
+          f"{params['AR'] / 1e6:.2f}M), vocabulary {c.vocab_size}, float32 on the CPU. A diffusion training step "
+          f"includes the self-conditioning forward on half of the batches and the time-warp fit. Median of "
+          f"{args.repeats} alternated runs.\n\n"
+          + table(["what", "batch", "seconds", "tokens/s"], rows)
+          + f"\n\n{machine()}; {load_avg()} at the end of the run (shared machine: absolute numbers move with "
+          f"the load, the ratios less so).\n\n"
+          f"Command: `python benchmarks/text_quality.py throughput --diffusion {args.diffusion} --ar {args.ar}`")
+    write_block("text-throughput-numbers", md)
+    return md
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=["markov", "docstrings", "throughput"])
+    parser.add_argument("--diffusion", required=True)
+    parser.add_argument("--ar", required=True)
+    parser.add_argument("--num_samples", type=int, default=None)
+    parser.add_argument("--heldout_windows", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train_batch", type=int, default=32)
+    parser.add_argument("--sample_batch", type=int, default=32)
+    parser.add_argument("--sample_steps", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=6)
+    args = parser.parse_args(argv)
+    args.num_samples = args.num_samples or {"markov": 256, "docstrings": 64, "throughput": 0}[args.part]
+    pin_threads()
+    print({"markov": markov, "docstrings": docstrings, "throughput": throughput}[args.part](args))
+
+
+if __name__ == "__main__":
+    main()
