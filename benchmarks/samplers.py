@@ -35,7 +35,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from common import machine, pin_threads, table, update_section
-from mmdiff.core.analytic import GaussianMixture, ring_mixture
+from mmdiff.core.analytic import random_mixture, ring_mixture
 from mmdiff.core.samplers import SAMPLERS, STOCHASTIC, evaluations, sample
 from mmdiff.core.schedules import SPACINGS, get_schedule
 from mmdiff.core.step_search import log_interpolate, optimize_sigmas
@@ -49,17 +49,6 @@ FULL = dict(samples={"ring-2d": 2000, "gmm-64d": 400}, nfes=(5, 10, 20, 50),
             schedules=("linear", "cosine", "edm", "flow"), opt_samples=512, opt_iterations=12)
 QUICK = dict(samples={"ring-2d": 256, "gmm-64d": 64}, nfes=(5, 10),
              schedules=("linear", "edm", "flow"), opt_samples=64, opt_iterations=3)
-
-
-def random_mixture(dim: int = 64, components: int = 8, seed: int = 0) -> GaussianMixture:
-    """Means N(0, 0.25 I), covariances with random eigenvectors and eigenvalues log-uniform in
-    [1e-3, 1], weights uniform in [0.5, 1.5] before normalising."""
-    g = torch.Generator().manual_seed(seed)
-    means = 0.5 * torch.randn(components, dim, generator=g, dtype=F64)
-    rot = torch.linalg.qr(torch.randn(components, dim, dim, generator=g, dtype=F64))[0]
-    eig = (math.log(1e-3) * torch.rand(components, dim, generator=g, dtype=F64)).exp()
-    covs = rot @ torch.diag_embed(eig) @ rot.transpose(1, 2)
-    return GaussianMixture(means, covs, 0.5 + torch.rand(components, generator=g, dtype=F64))
 
 
 PROBLEMS = {"ring-2d": ring_mixture, "gmm-64d": lambda: random_mixture(seed=0)}

@@ -1,11 +1,10 @@
 """Optimised step schedules: shape of the result, generalisation to a held-out model, and
 log-linear interpolation."""
-import math
 
 import pytest
 import torch
 
-from mmdiff.core.analytic import GaussianMixture
+from mmdiff.core.analytic import GaussianMixture, random_mixture
 from mmdiff.core.samplers import sample
 from mmdiff.core.schedules import get_schedule, karras_sigmas
 from mmdiff.core.step_search import fine_sigmas, log_interpolate, optimize_sigmas
@@ -15,12 +14,7 @@ SIGMA_MIN, SIGMA_MAX, DIM = 0.002, 80.0, 8
 
 
 def mixture(seed: int) -> GaussianMixture:
-    """4 components in 8-D: means N(0, 0.25 I), random rotations, eigenvalues log-uniform in [1e-3, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    means = 0.5 * torch.randn(4, DIM, generator=g, dtype=F64)
-    rot = torch.linalg.qr(torch.randn(4, DIM, DIM, generator=g, dtype=F64))[0]
-    eig = (math.log(1e-3) * torch.rand(4, DIM, generator=g, dtype=F64)).exp()
-    return GaussianMixture(means, rot @ torch.diag_embed(eig) @ rot.transpose(1, 2))
+    return random_mixture(DIM, 4, seed)
 
 
 def prior(n, generator):

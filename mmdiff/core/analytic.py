@@ -81,3 +81,16 @@ def ring_mixture(k: int = 8, radius: float = 2.0, std: float = 0.15, dim: int = 
     means = torch.zeros(k, dim, dtype=torch.float64)
     means[:, 0], means[:, 1] = radius * angles.cos(), radius * angles.sin()
     return GaussianMixture(means, torch.full((k,), std**2, dtype=torch.float64))
+
+
+def random_mixture(dim: int = 64, components: int = 8, seed: int = 0) -> GaussianMixture:
+    """A non-trivial mixture for benchmarks: means N(0, 0.25 I), covariances with random
+    eigenvectors and eigenvalues log-uniform in [1e-3, 1], weights uniform in [0.5, 1.5] before
+    normalising."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    means = 0.5 * torch.randn(components, dim, generator=g, dtype=f64)
+    rot = torch.linalg.qr(torch.randn(components, dim, dim, generator=g, dtype=f64))[0]
+    eig = (math.log(1e-3) * torch.rand(components, dim, generator=g, dtype=f64)).exp()
+    covs = rot @ torch.diag_embed(eig) @ rot.transpose(1, 2)
+    return GaussianMixture(means, covs, 0.5 + torch.rand(components, generator=g, dtype=f64))

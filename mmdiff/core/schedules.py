@@ -182,7 +182,9 @@ class DiscreteSchedule(Schedule):
         elif spacing == "leading":
             idx = (np.arange(steps) * (n // steps)).round()[::-1] + self.steps_offset
         elif spacing == "trailing":
-            idx = np.arange(n, 0, -n / steps).round() - 1
+            # [:steps]: arange with a float step yields one index too many for some step
+            # counts (61, 103, ...), as in diffusers
+            idx = (np.arange(n, 0, -n / steps).round() - 1)[:steps]
         else:
             raise ValueError(f"unknown spacing '{spacing}'")
         idx = torch.from_numpy(idx.astype(np.float64))
