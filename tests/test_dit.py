@@ -153,18 +153,22 @@ def test_frame_attention_mixes_only_its_own_group(mode):
     assert torch.equal(changed, expected)
 
 
-def test_factorized_attention_never_attends_over_all_frames_at_once(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # SDPA, and the CPU bf16 path
+def test_factorized_attention_never_attends_over_all_frames_at_once(monkeypatch, dtype):
     key_lengths = []
-    sdpa = F.scaled_dot_product_attention
+    sdpa, explicit = F.scaled_dot_product_attention, ScoresAttention.apply
 
-    def spy(q, k, v, *args, **kwargs):
-        key_lengths.append(k.shape[-2])
-        return sdpa(q, k, v, *args, **kwargs)
+    def spy(fn):
+        def run(q, k, v, *args, **kwargs):
+            key_lengths.append(k.shape[-2])
+            return fn(q, k, v, *args, **kwargs)
+        return run
 
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    model = randomize(tiny("video", "factorized", depth=4)).eval()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy(sdpa))
+    monkeypatch.setattr(ScoresAttention, "apply", spy(explicit))
+    model = randomize(tiny("video", "factorized", depth=4)).eval().to(dtype)
     frames, tokens_per_frame = 2, (8 // 2) ** 2  # 4 frames at temporal patch 2
-    model(torch.randn(2, 4, 3, 8, 8), torch.tensor([5.0, 6.0]), torch.tensor([1, 2]))
+    model(torch.randn(2, 4, 3, 8, 8, dtype=dtype), torch.tensor([5.0, 6.0]), torch.tensor([1, 2]))
     assert len(key_lengths) == 4
     assert max(key_lengths) == max(frames, tokens_per_frame)
     assert frames * tokens_per_frame not in key_lengths
