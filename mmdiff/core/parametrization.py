@@ -117,8 +117,18 @@ class Denoiser(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         _, c_skip, c_out, c_in, timestep = self._inputs(x, sigma)
-        out = self.model((x * c_in).to(self.input_dtype), timestep, **cond)
+        out = self.model(self.network_input(x, c_in, cond.get("given")), timestep, **cond)
         return (c_skip * x.float() + c_out * out.float()).to(x.dtype)
+
+    def network_input(self, x: Tensor, c_in: Tensor, given: Tensor | None = None) -> Tensor:
+        """``c_in * x``. Clean given content (the DiT's ``given`` mask, 1 = given) is scaled as at
+        sigma = 0 instead: ``c_in`` vanishes at high noise (flow, VP, EDM), and given frames or
+        tokens scaled by it would vanish with it, when the sample depends on them most."""
+        x_in = x * c_in
+        if given is not None:
+            c_clean = scalings(self.prediction, self.schedule, torch.zeros(1), self.sigma_data)[2]
+            x_in = torch.lerp(x_in, x * float(c_clean), given.to(x_in.dtype))
+        return x_in.to(self.input_dtype)
 
     def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
         """What ``F`` should output for ``x = x0 + sigma * noise``; written from ``(x0, noise)``
@@ -134,7 +144,7 @@ class Denoiser(nn.Module):
         noise = torch.randn_like(x0) if noise is None else noise
         sigma, _, _, c_in, timestep = self._inputs(x0, sigma)
         x = x0 + append_dims(sigma.float(), x0.ndim) * noise
-        out = self.model((x * c_in).to(self.input_dtype), timestep, **cond).float()
+        out = self.model(self.network_input(x, c_in, cond.get("given")), timestep, **cond).float()
         err = (out - self.target(x0, noise, sigma)) ** 2
         if mask is not None:
             mask = mask.expand_as(err).float()
