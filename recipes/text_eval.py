@@ -116,7 +116,7 @@ def main(args: EvalArgs) -> dict:
     else:
         result.update(text_scores(ids, pipe, scorer))
         ref_ids, ref_len = heldout(pipe, data, args.heldout_windows)
-        result["heldout"] = text_scores(ref_ids, pipe)
+        result["heldout"] = text_scores(ref_ids[: args.num_samples], pipe)  # as many windows as samples
         ar = pipe if pipe.model.config.objective == "ar" else scorer
         if ar is not None:
             ref_ids, ref_len = heldout(ar, data, args.heldout_windows)

@@ -324,7 +324,7 @@ class TokenWindows(torch.utils.data.Dataset):
     """Windows ``stream[start : start + length]`` (padded with ``pad`` at the end of the stream).
     The stream may be a memory-mapped array, so a corpus need not fit in memory as windows."""
 
-    def __init__(self, stream: Tensor, starts: Tensor, length: int, pad: int):
+    def __init__(self, stream: Tensor | np.ndarray, starts: Tensor, length: int, pad: int):
         self.stream, self.starts, self.length, self.pad = stream, starts, length, pad
 
     def __len__(self):
@@ -332,7 +332,7 @@ class TokenWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         s = int(self.starts[i])
-        window = torch.as_tensor(self.stream[s: s + self.length]).long()
+        window = torch.from_numpy(np.asarray(self.stream[s: s + self.length]).astype(np.int64))
         n = len(window)
         if n < self.length:
             window = torch.cat([window, window.new_full((self.length - n,), self.pad)])
@@ -395,7 +395,7 @@ class TextArgs:
     short_prob: float = field(default=0.1, metadata={"help": "share cut to a random length (padding masks)"})
     sampler: str = field(default="dpmpp_2m", metadata={"help": "validation and export default"})
     sample_steps: int = 64
-    spacing: str = field(default="karras", metadata={"help": "karras | logsnr | linspace | warp"})
+    spacing: str = field(default="warp", metadata={"help": "warp (the learned time warp) | karras | logsnr | linspace"})
     export_dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 weights in the export"})
     num_validation_samples: int = 8
 
@@ -459,7 +459,7 @@ class TextTask:
         stream, starts = self._tokenized(corpus.texts)
         return TokenWindows(stream, starts, L, tok.pad_id)
 
-    def _tokenized(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+    def _tokenized(self, texts: list[str]) -> tuple[Tensor | np.ndarray, Tensor]:
         """Tokenize once: cached as ``.npy`` in the run folder (memory-mapped when read back), written
         by the main process while the others wait."""
         tok, L = self.tokenizer, self.args.max_length
@@ -476,7 +476,7 @@ class TextTask:
                         np.save(file.with_suffix(".tmp.npy"), t.numpy())
                         os.replace(file.with_suffix(".tmp.npy"), file)
                 return stream, starts
-        return torch.from_numpy(np.load(stream_file, mmap_mode="r")), torch.from_numpy(np.load(starts_file))
+        return np.load(stream_file, mmap_mode="r"), torch.from_numpy(np.load(starts_file))
 
     def collate(self, items: list[dict]) -> dict:
         """Stack windows; cut ``short_prob`` of them to a random length so padding masks are trained."""
@@ -502,8 +502,9 @@ class TextTask:
 
     def pipeline(self, model: nn.Module) -> "TextPipeline":
         a = self.args
+        spacing = "karras" if a.spacing == "warp" and getattr(model, "warp", None) is None else a.spacing
         config = PipelineConfig(prediction="x0", sigma_data=1.0, sampler=a.sampler, steps=a.sample_steps,
-                                spacing=a.spacing, extra={"data": a.data, "denoiser": "score_interpolation"})
+                                spacing=spacing, extra={"data": a.data, "denoiser": "score_interpolation"})
         return TextPipeline({"model": model, "tokenizer": self.tokenizer}, model.schedule, config)
 
     def validation(self, model: nn.Module, step: int, folder: Path) -> dict:

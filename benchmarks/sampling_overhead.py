@@ -1,0 +1,202 @@
+"""Sampling overhead: our samplers against diffusers' schedulers per step, and DiT-S/2 sampling
+latency end to end against diffusers' DiTPipeline.
+
+    python benchmarks/sampling_overhead.py          # rewrites the sampling-overhead section
+    python benchmarks/sampling_overhead.py --quick  # fewer repeats, batch 2, prints only
+
+Per step: a solve of 50 steps on a (2, 4, 8, 8) tensor with a trivial eps network (``0.1 * x``),
+so almost all time is the solver's own Python and tensor bookkeeping. Ours is
+``samplers.sample`` over ``Denoiser(net, linear schedule, "eps")`` (the eps -> x0 conversion
+diffusers' ``step`` does inside); "bare" is the sampler alone over a plain ``D(x, sigma)``.
+diffusers' loop is the documented one: ``set_timesteps``, then ``scale_model_input``, the network
+and ``step`` per timestep. Reported per network evaluation (Heun: 2 steps - 1).
+
+End to end: DiT-S/2, random init, 32x32x4 latents, batch 8 with classifier-free guidance at
+scale 4 (one forward of 16 per step), labels from 10 classes, DPM-Solver++(2M), 25 steps, DDPM
+linear schedule, eps prediction, no learned sigma. Both models have the 1000-class table (+ null):
+DiTPipeline hard-codes 1000 as the null label. Decoding is excluded on both sides: DiTPipeline
+gets an identity VAE (scaling factor 1), ours returns latents.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+from diffusers import (DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler)
+
+from common import machine, pin_threads, table, update_section
+from mmdiff.core.dit import DiT
+from mmdiff.core.guidance import cfg
+from mmdiff.core.parametrization import Denoiser
+from mmdiff.core.samplers import evaluations, sample
+from mmdiff.core.schedules import get_schedule
+
+SCHEDULERS = {
+    "euler": EulerDiscreteScheduler,
+    "dpmpp_2m": lambda **kw: DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **kw),
+    "unipc": UniPCMultistepScheduler,
+    "heun": HeunDiscreteScheduler,
+    "ddim": DDIMScheduler,
+}
+STEPS, SHAPE = 50, (2, 4, 8, 8)
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+CPU_NOTE = ("Times are CPU time of one thread: the two cores were shared with other jobs; CPU time is "
+            "not inflated by time slices lost to them.\n\n")
+clock = CLOCK["wall"]
+
+
+def trivial_net(x, timestep, **cond):
+    return 0.1 * x
+
+
+def paired_times(fns: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Times of each function, alternating them within every round (order flipped each round)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for r in range(repeats):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            start = clock()
+            fns[k]()
+            times[k].append(clock() - start)
+    return times
+
+
+# ------------------------------------------------------------------------------- per step
+
+def ours_solve(name: str, denoiser):
+    schedule = get_schedule("linear")
+    x = torch.randn(SHAPE)
+
+    def run():
+        sigmas = schedule.sigmas(STEPS)
+        return sample(denoiser, x * float(sigmas[0]), sigmas, name, progress=False)
+    return run
+
+
+def diffusers_solve(name: str):
+    scheduler = SCHEDULERS[name](num_train_timesteps=1000, beta_schedule="linear")
+    x = torch.randn(SHAPE)
+
+    def run():
+        scheduler.set_timesteps(STEPS)
+        latents = x * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            eps = trivial_net(scheduler.scale_model_input(latents, t), t)
+            latents = scheduler.step(eps, t, latents).prev_sample
+        return latents
+    run.evaluations = lambda: len(scheduler.timesteps)
+    return run
+
+
+def per_step(repeats: int) -> list[list]:
+    rows = []
+    for name in SCHEDULERS:
+        fns = {"ours": ours_solve(name, Denoiser(trivial_net, get_schedule("linear"), "eps")),
+               "bare": ours_solve(name, lambda x, sigma: 0.5 * x),
+               "diffusers": diffusers_solve(name)}
+        times = paired_times(fns, repeats)
+        ours_evals, theirs_evals = evaluations(name, STEPS), fns["diffusers"].evaluations()
+        us = {k: 1e6 * statistics.median(v) / (theirs_evals if k == "diffusers" else ours_evals)
+              for k, v in times.items()}
+        rows.append([name, ours_evals, theirs_evals, us["ours"], us["bare"], us["diffusers"],
+                     f"**{us['diffusers'] / us['ours']:.2f}x**", f"{us['diffusers'] / us['bare']:.2f}x"])
+        print(rows[-1], flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------- end to end
+
+def dit_pair(seed: int = 0):
+    torch.manual_seed(seed)
+    ours = DiT.from_preset("DiT-S/2", in_channels=4, input_size=32, num_classes=1000).eval()
+    theirs = DiTTransformer2DModel(num_attention_heads=6, attention_head_dim=64, in_channels=4, out_channels=4,
+                                   num_layers=12, sample_size=32, patch_size=2, num_embeds_ada_norm=1000,
+                                   norm_eps=1e-6).eval()
+    return ours, theirs
+
+
+class IdentityVAE(torch.nn.Module):
+    """What DiTPipeline needs of a VAE, decoding to the latents themselves."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(scaling_factor=1.0)
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    def decode(self, latents):
+        return SimpleNamespace(sample=latents)
+
+
+def end_to_end(batch: int, steps: int, repeats: int) -> dict:
+    ours_model, theirs_model = dit_pair()
+    labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(0))
+    schedule = get_schedule("linear")
+    guided = cfg(Denoiser(ours_model, schedule, "eps"), 4.0, {"class_labels": labels},
+                 {"class_labels": torch.full_like(labels, ours_model.null_class)})
+
+    def ours():
+        sigmas = schedule.sigmas(steps)
+        x = torch.randn(batch, 4, 32, 32) * (1 + float(sigmas[0]) ** 2) ** 0.5
+        return sample(guided, x, sigmas, "dpmpp_2m", progress=False)
+
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    pipe = DiTPipeline(transformer=theirs_model, vae=IdentityVAE(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+
+    def theirs():
+        return pipe(class_labels=labels.tolist(), guidance_scale=4.0, num_inference_steps=steps,
+                    output_type="pt").images
+
+    times = paired_times({"ours": ours, "diffusers": theirs}, repeats, warmup=0)
+    result = {k: statistics.median(v) for k, v in times.items()}
+    result["ratio"] = statistics.median(a / b for a, b in zip(times["diffusers"], times["ours"]))
+    print(result, flush=True)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--clock", choices=list(CLOCK), default="wall",
+                        help="cpu: process CPU time, not inflated by time slices lost to other "
+                             "processes; needs BENCH_THREADS=1")
+    args = parser.parse_args()
+    threads, load = pin_threads(), os.getloadavg()[0]
+    if args.clock == "cpu" and threads != 1:
+        parser.error("--clock cpu needs BENCH_THREADS=1")
+    global clock
+    clock = CLOCK[args.clock]
+    rows = per_step(5 if args.quick else 21)
+    batch, steps = (2, 5) if args.quick else (8, 25)
+    e2e = end_to_end(batch, steps, 1 if args.quick else 3)
+    if args.quick:
+        return
+    command = f"BENCH_THREADS={threads} python benchmarks/sampling_overhead.py --clock {args.clock}"
+    per_step_table = table(["sampler", "our evaluations", "diffusers evaluations", "ours us/eval",
+                            "ours bare sampler us/eval", "diffusers us/eval", "overhead diffusers/ours",
+                            "diffusers/ours bare"], rows)
+    e2e_table = table(["", "ours s", "diffusers DiTPipeline s", "latency diffusers/ours"],
+                      [[f"DiT-S/2, batch {batch}, CFG 4, {steps} steps", e2e["ours"], e2e["diffusers"],
+                        f"**{e2e['ratio']:.2f}x**"]])
+    update_section("sampling-overhead",
+                   f"Machine: {machine()}; load average {load:.1f} when the run started.\n\n"
+                   f"Command: `{command}`\n\n" + CPU_NOTE * (args.clock == "cpu") +
+                   f"**Per network evaluation**, {STEPS} steps on a {tuple(SHAPE)} tensor, trivial eps network "
+                   f"(median of paired rounds):\n\n{per_step_table}\n\n"
+                   "\"ours\" includes the `Denoiser` (eps -> x0, the conversion diffusers' `step` does "
+                   "inside); \"bare\" is the sampler over a plain `D(x, sigma)`. diffusers' loop is "
+                   "`set_timesteps`, then `scale_model_input`, network, `step` per timestep.\n\n"
+                   f"**End to end** (decoding excluded on both sides: identity VAE for DiTPipeline, "
+                   f"latents for ours; random-init DiT-S/2, 32x32x4, labels from 10 classes of the "
+                   f"1000-class table DiTPipeline requires, DPM-Solver++(2M), linear schedule):\n\n{e2e_table}")
+
+
+if __name__ == "__main__":
+    main()
