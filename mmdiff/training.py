@@ -33,7 +33,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
-from torch.utils.data import DataLoader, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
@@ -115,17 +115,37 @@ def parse_config(classes: list[type], args: list[str] | None = None, default_con
 
 class EpochSampler(Sampler):
     """A permutation fixed by ``(seed, epoch)``: identical on every rank (so accelerate's sharding
-    is consistent) and reproducible after a resume."""
+    is consistent) and reproducible after a resume. Keys are ``epoch * size + index`` so that
+    ``SeededItems`` knows the epoch even in persistent workers."""
 
     def __init__(self, size: int, seed: int):
         self.size, self.seed, self.epoch = size, seed, 0
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=g).tolist())
+        return iter((torch.randperm(self.size, generator=g) + self.epoch * self.size).tolist())
 
     def __len__(self):
         return self.size
+
+
+class SeededItems(Dataset):
+    """Each item's random transforms (crops, flips, random clips) draw from the torch RNG seeded by
+    ``(seed, epoch, index)``: the same augmentation for any number of workers or ranks, and a
+    resumed run rebuilds the batch the loader had prefetched before the checkpoint bit for bit
+    (with the global RNG, that prefetch would have shifted every later draw)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key: int):
+        epoch, index = divmod(key, len(self.dataset))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            return self.dataset[index]
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
@@ -301,7 +321,7 @@ class Trainer:
             raise ValueError(f"the data set has {len(dataset)} examples, fewer than one batch "
                              f"({cfg.batch_size} x {acc.num_processes} processes); lower --batch_size")
         sampler = EpochSampler(len(dataset), cfg.seed)
-        return DataLoader(dataset, sampler=sampler, **common), sampler
+        return DataLoader(SeededItems(dataset, cfg.seed), sampler=sampler, **common), sampler
 
     def _set_epoch(self, epoch: int) -> None:
         if self.sampler is not None:
@@ -342,22 +362,25 @@ class Trainer:
             (self.output_dir / RUN_FILE).write_text(json.dumps(self._run_record(), indent=2))
         if acc.log_with:
             acc.init_trackers("mmdiff", config=self._flat_config())
+        # Handlers stay until the export is written: a signal after the last step lets the short
+        # final save and export finish rather than killing them half-way.
         previous = self._install_signal_handlers()
         try:
-            status = self._loop()
+            if self._loop() == "interrupted":
+                acc.end_training()
+                return None
+            if self.state.step % cfg.checkpointing_steps:
+                self.save_checkpoint()
+            if cfg.validation_steps:
+                self._validate()
+            path = self.export()
+            if self._stop_signal:
+                self.log(f"{self._stop_signal} arrived after the last step; the run finished and exported")
+            acc.end_training()
+            return path
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-        if status == "interrupted":
-            acc.end_training()
-            return None
-        if self.state.step % cfg.checkpointing_steps:
-            self.save_checkpoint()
-        if cfg.validation_steps:
-            self._validate()
-        path = self.export()
-        acc.end_training()
-        return path
 
     def _loop(self) -> str:
         cfg, acc, state = self.config, self.accelerator, self.state

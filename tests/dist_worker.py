@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py under `accelerate launch --multi_gpu --num_processes 2`.
 
-Trains a tiny image task and writes, per rank, what the test checks: a hash of the final weights,
-the data indices this rank saw, its local losses, and (main) the losses the Trainer logged.
+Trains a tiny model of one recipe (image, video or text) and writes, per rank, what the test
+checks: a hash of the final weights, the data indices this rank saw, its local losses, and (main)
+the losses the Trainer logged.
 """
 import hashlib
 import json
@@ -9,34 +10,57 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.data import default_collate
 
-from mmdiff.modalities.image import ImageArgs, ImageTask
 from mmdiff.training import TrainConfig, Trainer
 
 
-class Recording(ImageTask):
-    def setup(self):
-        super().setup()
-        base = self.dataset
-
-        class Indexed(torch.utils.data.Dataset):
-            def __len__(self):
-                return len(base)
-
-            def __getitem__(self, i):
-                return {**base[i], "index": torch.tensor(i)}
-        self.dataset = Indexed()
-        self.seen, self.local_losses = [], []
-
-    def loss(self, model, batch):
-        loss, logs = super().loss(model, batch)
-        self.seen += batch["index"].tolist()
-        self.local_losses.append(loss.item())
-        return loss, logs
+def tiny_task(modality: str, out: str):
+    if modality == "image":
+        from mmdiff.modalities.image import ImageArgs, ImageTask
+        return ImageTask, (ImageArgs(patch_size=2, hidden_size=32, depth=1, num_heads=2, sample_steps=2),)
+    if modality == "video":
+        from mmdiff.modalities.video import VideoArgs, VideoTask
+        return VideoTask, (VideoArgs(num_frames=4, resolution=16, num_clips=256, patch_size=4, hidden_size=32,
+                                     depth=2, num_heads=2, sample_steps=2),)
+    from mmdiff.modalities.text import TextArgs, TextTask
+    return TextTask, (TextArgs(data="markov", vocab_size=32, max_length=16, embed_dim=8, hidden_size=32, depth=1,
+                               num_heads=2, sample_steps=2),)
 
 
-def main(out: str):
-    task = Recording(ImageArgs(patch_size=2, hidden_size=32, depth=1, num_heads=2, sample_steps=2))
+def recording(task_cls):
+    """The task, recording which examples (by index) and which local losses each rank's steps used."""
+    class Recording(task_cls):
+        def setup(self):
+            super().setup()
+            base = self.dataset
+
+            class Indexed(torch.utils.data.Dataset):
+                def __len__(self):
+                    return len(base)
+
+                def __getitem__(self, i):
+                    return {**base[i], "index": torch.tensor(i)}
+            self.dataset = Indexed()
+            self.seen, self.local_losses = [], []
+
+        def collate(self, items):
+            inner = getattr(super(), "collate", default_collate)
+            return {**inner([{k: v for k, v in it.items() if k != "index"} for it in items]),
+                    "index": torch.stack([it["index"] for it in items])}
+
+        def loss(self, model, batch):
+            loss, logs = super().loss(model, batch)
+            self.seen += batch["index"].tolist()
+            self.local_losses.append(loss.item())
+            return loss, logs
+    return Recording
+
+
+def main(modality: str, out: str):
+    cls, args = tiny_task(modality, out)
+    kwargs = {"output_dir": out} if modality == "text" else {}
+    task = recording(cls)(*args, **kwargs)
     cfg = TrainConfig(output_dir=out, max_steps=4, batch_size=8, checkpointing_steps=4, validation_steps=0,
                       report_to="none", progress=False, log_steps=1)
     trainer = Trainer(task, cfg)
@@ -52,4 +76,4 @@ def main(out: str):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

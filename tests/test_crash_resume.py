@@ -12,13 +12,17 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
-N = 8
+N = 120  # long enough that the signal lands mid-run after the first checkpoint (step K)
+K = 40
 RECIPES = {
     "image": ["recipes/image_train.py", "--patch_size", "2", "--hidden_size", "32", "--depth", "1",
               "--num_heads", "2", "--batch_size", "16", "--sample_steps", "2"],
+    # the default corpus, so the SentencePiece model trained at the start is reused on resume
+    "text": ["recipes/text_train.py", "--vocab_size", "512", "--max_length", "32", "--embed_dim", "8",
+             "--hidden_size", "32", "--depth", "1", "--num_heads", "2", "--batch_size", "8", "--sample_steps", "2"],
 }
 COMMON = ["--report_to", "none", "--progress", "false", "--validation_steps", "0", "--deterministic", "true",
-          "--max_steps", str(N), "--checkpointing_steps", "4", "--learning_rate", "0.001"]
+          "--max_steps", str(N), "--checkpointing_steps", str(K), "--learning_rate", "0.001"]
 
 
 def command(recipe, out, *extra):
@@ -39,7 +43,7 @@ def run(cmd):
 def interrupt(cmd, sig, out):
     """Start training, wait for the first checkpoint (or for a few steps), then send ``sig``."""
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    first = out / "checkpoints" / "step-00000004"
+    first = out / "checkpoints" / f"step-{K:08d}"
     deadline = time.time() + 300
     while not first.is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

@@ -21,9 +21,10 @@ def launch(script_args, tmp_path, timeout=600):
 
 
 @pytest.mark.slow
-def test_two_ranks_train_one_model(tmp_path):
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_two_ranks_train_one_model(tmp_path, modality):
     out = tmp_path / "run"
-    launch([str(ROOT / "tests" / "dist_worker.py"), str(out)], tmp_path)
+    launch([str(ROOT / "tests" / "dist_worker.py"), modality, str(out)], tmp_path)
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2
     assert ranks[0]["hash"] == ranks[1]["hash"]  # identical weights at the end

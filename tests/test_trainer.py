@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 
 import mmdiff
 from mmdiff.modalities.image import ImageArgs, ImageTask
-from mmdiff.training import (EpochSampler, TrainConfig, Trainer, find_checkpoint, lr_at, parse_config,
-                             verify_checkpoint)
+from mmdiff.training import (EpochSampler, SeededItems, TrainConfig, Trainer, find_checkpoint, lr_at,
+                             parse_config, verify_checkpoint)
 
 TINY = dict(patch_size=2, hidden_size=32, depth=1, num_heads=2, sample_steps=3)
 
@@ -32,7 +32,24 @@ def test_lr_schedule_and_sampler():
     first = list(s)
     assert sorted(first) == list(range(10)) and list(s) == first
     s.epoch = 1
-    assert list(s) != first
+    second = list(s)
+    assert sorted(second) == list(range(10, 20)) and [k - 10 for k in second] != first  # keys carry the epoch
+
+
+def test_item_augmentation_depends_on_epoch_and_index_only():
+    class Noisy(torch.utils.data.Dataset):  # a random augmentation drawn from the global RNG
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.rand(())
+    items = SeededItems(Noisy(), seed=1)
+    state = torch.get_rng_state()
+    first = [items[k] for k in range(12)]  # keys of epochs 0 and 1
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG (the loss's) is untouched
+    torch.rand(7)
+    assert [items[k] for k in reversed(range(12))] == first[::-1]  # any order, any worker: same draws
+    assert len(set(first)) == 12  # different per index and per epoch
 
 
 def test_train_exports_a_pipeline_that_samples(tmp_path):

@@ -479,23 +479,26 @@ class TextTask:
         return np.load(stream_file, mmap_mode="r"), torch.from_numpy(np.load(starts_file))
 
     def collate(self, items: list[dict]) -> dict:
-        """Stack windows; cut ``short_prob`` of them to a random length so padding masks are trained."""
-        tokens = torch.stack([it["tokens"] for it in items])
-        lengths = torch.stack([it["length"] for it in items])
-        short = torch.rand(len(items)) < self.args.short_prob
-        cut = torch.randint(2, tokens.shape[1] + 1, (len(items),))
-        lengths = torch.where(short, torch.minimum(lengths, cut), lengths)
-        batch = {"tokens": tokens, "lengths": lengths}
+        return {"tokens": torch.stack([it["tokens"] for it in items]),
+                "lengths": torch.stack([it["length"] for it in items])}
+
+    def training_windows(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Cut ``short_prob`` of the windows to a random length (so padding masks are trained) and
+        draw the given prefixes/spans. Drawn here, in the step, not in ``collate``: the loader
+        prefetches a batch ahead, and a checkpoint must not fall between a batch's draws and its use."""
+        B, L = tokens.shape
+        short = torch.rand(B) < self.args.short_prob
+        lengths = torch.where(short, torch.minimum(lengths, torch.randint(2, L + 1, (B,))), lengths)
+        given = None
         if self.args.objective == "diffusion":
-            batch["given"] = random_given(tokens, lengths, self.args.prefix_prob, self.args.infill_prob,
-                                          self.tokenizer.bos_id)
-        return batch
+            given = random_given(tokens, lengths, self.args.prefix_prob, self.args.infill_prob, self.tokenizer.bos_id)
+        return lengths, given
 
     def loss(self, model: nn.Module, batch: dict):
         device = next(model.parameters()).device
-        tokens, lengths = batch["tokens"].to(device), batch["lengths"].to(device)
+        lengths, given = self.training_windows(batch["tokens"].cpu(), batch["lengths"].cpu())
+        tokens, lengths = batch["tokens"].to(device), lengths.to(device)
         mask = torch.arange(tokens.shape[1], device=device)[None] < lengths[:, None]
-        given = batch.get("given")
         out = model(tokens, attention_mask=None if bool(mask.all()) else mask,
                     given=None if given is None else given.to(device))
         return out["loss"], out["logs"]
