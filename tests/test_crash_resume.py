@@ -17,6 +17,9 @@ K = 40
 RECIPES = {
     "image": ["recipes/image_train.py", "--patch_size", "2", "--hidden_size", "32", "--depth", "1",
               "--num_heads", "2", "--batch_size", "16", "--sample_steps", "2"],
+    # depth 2: factorized attention gets one spatial and one temporal block
+    "video": ["recipes/video_train.py", "--num_frames", "4", "--hidden_size", "32", "--depth", "2",
+              "--num_heads", "2", "--batch_size", "4", "--sample_steps", "2"],
     # the default corpus, so the SentencePiece model trained at the start is reused on resume
     "text": ["recipes/text_train.py", "--vocab_size", "512", "--max_length", "32", "--embed_dim", "8",
              "--hidden_size", "32", "--depth", "1", "--num_heads", "2", "--batch_size", "8", "--sample_steps", "2"],
