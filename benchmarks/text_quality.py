@@ -31,6 +31,22 @@ from recipes.text_eval import generate, heldout, markov_scores, perplexity, text
 
 MARKOV_STEPS = (8, 16, 32, 64, 128)
 SAMPLERS = ("euler", "heun", "dpmpp_2m", "unipc")
+STOCHASTIC = ("euler_ancestral", "dpmpp_2m_sde")  # extra rows at 64 steps: the best samplers on text
+
+
+def command(part: str, args) -> str:
+    threads = f"OMP_NUM_THREADS={torch.get_num_threads()} BENCH_THREADS={torch.get_num_threads()} "
+    return f"`{threads}python benchmarks/text_quality.py {part} --diffusion {args.diffusion} --ar {args.ar}`"
+
+
+def shuffled(ids: torch.Tensor, lengths: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Each window's real tokens after the first in a random order: the data's unigram statistics
+    without its word order, a reference for how a word salad scores."""
+    g = torch.Generator().manual_seed(seed)
+    out = ids.clone()
+    for row, n in zip(out, lengths.tolist()):
+        row[1:n] = row[1:n][torch.randperm(n - 1, generator=g)]
+    return out
 
 
 def load(path):
@@ -64,23 +80,24 @@ def markov(args) -> str:
     rate, data_h = s["entropy_rate"], s["data_entropy"]
     rows.append(["AR baseline (ancestral)", "-", "-", s["nll"], s["nll_ratio"], s["entropy"], s["entropy"] / data_h,
                  time.time() - t0])
-    for sampler in SAMPLERS:
-        for steps in MARKOV_STEPS:
-            t0 = time.time()
-            ids = generate(diff, n, seed=args.seed, num_inference_steps=steps, sampler=sampler)
-            s = markov_scores(ids)
-            rows.append(["diffusion", sampler, steps, s["nll"], s["nll_ratio"], s["entropy"], s["entropy"] / data_h,
-                         time.time() - t0])
-            print(rows[-1], flush=True)
+    grid = [(sampler, steps) for sampler in SAMPLERS for steps in MARKOV_STEPS] + [(sa, 64) for sa in STOCHASTIC]
+    for sampler, steps in grid:
+        t0 = time.time()
+        ids = generate(diff, n, seed=args.seed, num_inference_steps=steps, sampler=sampler)
+        s = markov_scores(ids)
+        rows.append(["diffusion", sampler, steps, s["nll"], s["nll_ratio"], s["entropy"], s["entropy"] / data_h,
+                     time.time() - t0])
+        print(rows[-1], flush=True)
     md = (f"**markov** (exact): {n} samples of 64 tokens per row; entropy rate of the chain {rate:.4f} "
           f"nats/token, unigram entropy of held-out data {data_h:.4f} nats (the held-out data's own NLL is "
           f"{s['data_nll']:.4f}). Goal: NLL within 10% of the entropy rate at 64 steps with sample entropy "
-          f"within 5% of the data's. Models: `{args.diffusion}` ({diff.describe()}), `{args.ar}` "
+          f"within 5% of the data's. The last rows are stochastic samplers (extra). Models: "
+          f"`{args.diffusion}` ({diff.describe()}), `{args.ar}` "
           f"({ar.describe()}).\n\n"
           + table(["model", "sampler", "steps", "NLL/token", "NLL / entropy rate", "unigram entropy",
                    "entropy / data's", "seconds"], rows)
           + f"\n\n{machine()}; {load_avg()} at the end of the run.\n\n"
-          f"Command: `python benchmarks/text_quality.py markov --diffusion {args.diffusion} --ar {args.ar}`")
+          f"Command: {command('markov', args)}")
     write_block("text-quality-markov", md)
     return md
 
@@ -91,7 +108,12 @@ def docstrings(args) -> str:
     ref_ids, ref_len = heldout(ar, "python-docstrings", args.heldout_windows)
     heldout_ppl = perplexity(ar, ref_ids, ref_len)
     ref = text_scores(ref_ids[:n], ar)  # distinct-n depends on the token count: compare like with like
-    rows = [[f"held-out text ({n} windows)", "-", "-", "-", ref["entropy"], ref["distinct2"], ref["distinct3"], "-"]]
+    rows = [[f"held-out text ({n} windows)", "-", "-", perplexity(ar, ref_ids[:n], ref_len[:n]), ref["entropy"],
+             ref["distinct2"], ref["distinct3"], "-"]]
+    mixed = shuffled(ref_ids[:n], ref_len[:n], args.seed)
+    s = text_scores(mixed, ar)
+    rows.append(["same windows, tokens shuffled (word salad)", "-", "-", perplexity(ar, mixed, ref_len[:n]),
+                 s["entropy"], s["distinct2"], s["distinct3"], "-"])
     t0 = time.time()
     s = text_scores(generate(ar, n, seed=args.seed), ar, ar)
     rows.append(["AR baseline (ancestral)", "-", "-", s["gen_ppl"], s["entropy"], s["distinct2"], s["distinct3"],
@@ -99,6 +121,7 @@ def docstrings(args) -> str:
     ar_ppl = s["gen_ppl"]
     # dpmpp_2m at a quarter of euler's steps, row for row (4 vs 16, 16 vs 64, 64 vs 256).
     grid = [("euler", st) for st in (16, 64, 256)] + [("dpmpp_2m", st) for st in (4, 16, 64)]
+    grid += [(sa, 64) for sa in STOCHASTIC]
     for sampler, steps in grid:
         t0 = time.time()
         ids = generate(diff, n, seed=args.seed, num_inference_steps=steps, sampler=sampler)
@@ -111,7 +134,8 @@ def docstrings(args) -> str:
     md = (f"**python-docstrings**: {n} samples of {diff.max_length} tokens per row (starting at a document "
           f"start), scored by the AR baseline; held-out perplexity of the AR baseline: **{heldout_ppl:.2f}** over "
           f"{int(ref_len.sum())} validation tokens. Goal: diffusion generative perplexity within 1.5x of the AR "
-          f"samples' ({1.5 * ar_ppl:.1f}) at matching entropy, and dpmpp_2m matching euler in 4x fewer steps. "
+          f"samples' ({1.5 * ar_ppl:.1f}) at matching entropy, and dpmpp_2m matching euler in 4x fewer steps "
+          f"(the last rows: stochastic samplers, extra). "
           f"Models: `{args.diffusion}` ({diff.describe()}), `{args.ar}` ({ar.describe()}).\n\n"
           + table(["samples", "sampler", "steps", "gen. perplexity", "unigram entropy", "distinct-2", "distinct-3",
                    "seconds"], rows)
@@ -119,7 +143,7 @@ def docstrings(args) -> str:
           + "\n".join(f"    {t!r}" for t in sample)
           + f"\n\n`pipe(\"The function returns\", max_new_tokens=32)` -> `{cont!r}`\n\n"
           f"{machine()}; {load_avg()} at the end of the run.\n\n"
-          f"Command: `python benchmarks/text_quality.py docstrings --diffusion {args.diffusion} --ar {args.ar}`")
+          f"Command: {command('docstrings', args)}")
     write_block("text-quality-docstrings", md)
     return md
 
@@ -172,7 +196,7 @@ def throughput(args) -> str:
           + table(["what", "batch", "seconds", "tokens/s"], rows)
           + f"\n\n{machine()}; {load_avg()} at the end of the run (shared machine: absolute numbers move with "
           f"the load, the ratios less so).\n\n"
-          f"Command: `python benchmarks/text_quality.py throughput --diffusion {args.diffusion} --ar {args.ar}`")
+          f"Command: {command('throughput', args)}")
     write_block("text-throughput-numbers", md)
     return md
 
@@ -190,7 +214,7 @@ def main(argv=None):
     parser.add_argument("--sample_steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args(argv)
-    args.num_samples = args.num_samples or {"markov": 64, "docstrings": 64, "throughput": 0}[args.part]
+    args.num_samples = args.num_samples or {"markov": 128, "docstrings": 64, "throughput": 0}[args.part]
     pin_threads()
     print({"markov": markov, "docstrings": docstrings, "throughput": throughput}[args.part](args))
 
