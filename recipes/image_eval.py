@@ -68,7 +68,7 @@ def main(args: EvalArgs) -> dict:
           f"{head['frechet'] / floor:.2f}), {head['seconds']:.1f} s")
     rows = []
     if args.sweep:
-        for guidance in (1.0, 2.0):
+        for guidance in (1.0, 1.5, 2.0):
             for sampler in ("euler", "dpmpp_2m", "unipc"):
                 row = [sampler, guidance]
                 for steps in (5, 10, 25, 50):

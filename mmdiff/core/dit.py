@@ -41,6 +41,9 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 0  # 0: no label conditioning
     class_dropout: float = 0.1  # > 0 adds a learned null class for classifier-free guidance
+    # DiT initialises the label table at std 0.02, tiny next to the timestep embedding, so labels
+    # steer the adaLN modulation late in training; small models on short runs learn them sooner at 1.
+    class_embed_std: float = 0.02
     context_dim: int = 0  # > 0: cross-attention to (B, M, context_dim) embeddings
     qk_norm: bool = False
     attention: str = "joint"  # "factorized": spatial and temporal blocks alternate (Latte)
@@ -268,7 +271,7 @@ class DiT(PretrainedMixin, nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.config.num_classes:
-            nn.init.normal_(self.y_embedder.weight, std=0.02)
+            nn.init.normal_(self.y_embedder.weight, std=self.config.class_embed_std)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)

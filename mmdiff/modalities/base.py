@@ -65,6 +65,8 @@ class DiffusionArgs:
     min_snr_gamma: float = 5.0
     sigma_data: float = field(default=1.0, metadata={"help": "data std (EDM preconditioning, prior std)"})
     class_dropout: float = field(default=0.1, metadata={"help": "label dropout for classifier-free guidance"})
+    class_embed_std: float = field(default=0.02, metadata={
+        "help": "init std of the label embeddings (DiT: 0.02; 1.0 learns labels sooner in short runs)"})
     unconditional: bool = field(default=False, metadata={"help": "ignore labels even if the data has them"})
     sampler: str = field(default="dpmpp_2m", metadata={"help": "sampler for validation and the export default"})
     sample_steps: int = 25
@@ -140,7 +142,7 @@ class LatentDiffusionTask:
                  if v is not None}
         pc = dataclasses.replace(self.patch_config(latent_shape), patch=patch)
         return DiTConfig(patch=pc, **{**preset, **sizes}, num_classes=num_classes, class_dropout=a.class_dropout,
-                         qk_norm=a.qk_norm, **self.extra_dit_options())
+                         class_embed_std=a.class_embed_std, qk_norm=a.qk_norm, **self.extra_dit_options())
 
     def extra_dit_options(self) -> dict:
         return {}
