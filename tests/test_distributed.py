@@ -21,7 +21,7 @@ def launch(script_args, tmp_path, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("modality", ["image", "text"])
+@pytest.mark.parametrize("modality", ["image", "video", "text"])
 def test_two_ranks_train_one_model(tmp_path, modality):
     out = tmp_path / "run"
     launch([str(ROOT / "tests" / "dist_worker.py"), modality, str(out)], tmp_path)
