@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import signal
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm.auto import tqdm
@@ -154,6 +156,9 @@ def resolve_precision(choice: str) -> str:
     per step than fp32 for the digits default, same quality: docs/training.md), else fp32 ("no")."""
     if choice != "auto":
         return choice
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # `accelerate launch --mixed_precision`
+    if launcher != "no":  # "no" is also the launcher's unset default, so only a precision is honoured
+        return launcher
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     if torch.backends.mps.is_available():
@@ -278,11 +283,16 @@ class Trainer:
         self._stop_signal = None
         report = [] if config.report_to == "none" else (["tensorboard", "wandb"] if config.report_to == "all"
                                                        else [config.report_to])
+        precision = resolve_precision(config.mixed_precision)
+        if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+            # A second Trainer in one process (a notebook, a sweep) may use another precision;
+            # the process group (PartialState) is kept.
+            AcceleratorState._reset_state()
         self.accelerator = Accelerator(
             # With no accelerator, processes started by `accelerate launch --multi_gpu` only join one
             # gloo group when accelerate is told it runs on the CPU.
             cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
-            mixed_precision=resolve_precision(config.mixed_precision),
+            mixed_precision=precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             # Every rank reads a stream and keeps its slice of each global batch (no dispatching from
             # rank 0), so loaders keep their own generator and resume exactly.

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 import mmdiff
 from mmdiff.modalities.image import ImageArgs, ImageTask
-from mmdiff.training import (EpochSampler, SeededItems, TrainConfig, Trainer, find_checkpoint, lr_at,
+from mmdiff.training import (EpochSampler, SeededItems, TrainConfig, Trainer, find_checkpoint, lr_at, resolve_precision,
                              parse_config, verify_checkpoint)
 
 TINY = dict(patch_size=2, hidden_size=32, depth=1, num_heads=2, sample_steps=3)
@@ -192,3 +192,17 @@ def test_streamed_data_resumes_without_repeating_or_skipping(tmp_path):
     a = straight.accelerator.unwrap_model(straight.model).state_dict()
     b = rest.accelerator.unwrap_model(rest.model).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_precision_is_bf16_only_where_native(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if not torch.cuda.is_available():
+        assert resolve_precision("auto") == ("bf16" if native else "no")
+    assert resolve_precision("no") == "no" and resolve_precision("bf16") == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # the launcher's default: auto still decides
+    assert resolve_precision("auto") == resolve_precision("auto")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # a launcher choice wins over auto only
+    assert resolve_precision("auto") == "fp16" and resolve_precision("no") == "no"
+    trainer = Trainer(ImageTask(ImageArgs(**TINY)), TrainConfig(mixed_precision="no", report_to="none"))
+    assert trainer.accelerator.mixed_precision == "no"
