@@ -125,3 +125,15 @@ def test_default_pipeline_is_shipped():
     assert isinstance(pipe, ImagePipeline) and pipe.model.config.num_classes == 10
     size = sum(p.stat().st_size for p in (ROOT / "mmdiff/assets/image-digits").rglob("*") if p.is_file())
     assert size <= 8 * 2**20
+
+
+def test_unconditional_run_with_a_guidance_default_validates_and_exports_unguided(tmp_path):
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=2, batch_size=16, validation_steps=2,
+                      checkpointing_steps=2, report_to="none", progress=False)
+    task = ImageTask(ImageArgs(**TINY, unconditional=True, guidance_scale=4.0))
+    export = Trainer(task, cfg).train()  # validation samples at step 2 must not ask for guidance
+    pipe = mmdiff.pipeline("image", model=export)
+    assert pipe.config.guidance_scale == 1.0 and pipe.model.config.num_classes == 0
+    assert len(pipe(num_images=2, num_inference_steps=2, generator=0, progress=False)) == 2
+    with pytest.raises(ValueError, match="guidance_scale=1"):
+        pipe(num_images=1, num_inference_steps=2, guidance_scale=3.0, progress=False)

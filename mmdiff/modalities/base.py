@@ -178,8 +178,12 @@ class LatentDiffusionTask:
 
     def pipeline_config(self) -> PipelineConfig:
         a = self.args
+        # A model without a null class (unlabelled data, --unconditional, no dropout) cannot be
+        # guided: its validation and export default to no guidance instead of failing.
+        guidable = bool(getattr(self, "num_classes", 0)) and a.class_dropout > 0
         return PipelineConfig(prediction=a.prediction, sigma_data=a.sigma_data, sampler=a.sampler,
-                              steps=a.sample_steps, guidance_scale=a.guidance_scale, extra=self.pipeline_extra())
+                              steps=a.sample_steps, guidance_scale=a.guidance_scale if guidable else 1.0,
+                              extra=self.pipeline_extra())
 
     def pipeline_extra(self) -> dict:
         return {"class_names": self.class_names}
