@@ -102,18 +102,31 @@ class Denoiser(nn.Module):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction '{prediction}'; choose one of {PREDICTIONS}")
         self.model, self.schedule, self.prediction, self.sigma_data = model, schedule, prediction, sigma_data
+        self._memo: dict[tuple, tuple[Tensor, ...]] = {}
 
     @property
     def input_dtype(self) -> torch.dtype:
         param = next(self.model.parameters(), None) if isinstance(self.model, nn.Module) else None
         return param.dtype if param is not None and param.is_floating_point() else torch.float32
 
+    def _coefficients(self, sigma: Tensor) -> tuple[Tensor, ...]:
+        """``(c_skip, c_out, c_in, timestep)`` for levels ``sigma`` (1-D), float32 on its device."""
+        coeffs = scalings(self.prediction, self.schedule, sigma, self.sigma_data)
+        timestep = self.schedule.timestep(sigma.double().cpu())
+        return tuple(c.to(sigma.device, torch.float32) for c in (*coeffs, timestep))
+
     def _inputs(self, x: Tensor, sigma: Tensor):
         sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
-        c_skip, c_out, c_in = (append_dims(c.to(x.device, torch.float32), x.ndim)
-                               for c in scalings(self.prediction, self.schedule, sigma, self.sigma_data))
-        timestep = self.schedule.timestep(sigma.double().cpu()).to(x.device, torch.float32)
-        return sigma, c_skip, c_out, c_in, timestep
+        key = (sigma.dtype, *sigma.tolist()) if sigma.device.type == "cpu" else None
+        coeffs = self._memo.get(key)
+        if coeffs is None:
+            coeffs = self._coefficients(sigma)
+            if key is not None and len(self._memo) < 1024:
+                # A sampler calls with the same few levels again and again: memoised by value,
+                # the ~20 small tensor ops of the conversion run once per level, not per evaluation.
+                self._memo[key] = coeffs
+        c_skip, c_out, c_in, timestep = coeffs
+        return (sigma, *(append_dims(c, x.ndim) for c in (c_skip, c_out, c_in)), timestep)
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         _, c_skip, c_out, c_in, timestep = self._inputs(x, sigma)
