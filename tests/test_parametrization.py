@@ -116,3 +116,21 @@ def test_scalings_are_affine_identities():
     with pytest.raises(ValueError, match="unknown prediction"):
         Denoiser(None, sched, "score")
     assert math.isfinite(float(scalings("flow", get_schedule("flow"), torch.tensor([1e5]))[0]))
+
+
+def test_denoiser_memoises_levels_without_changing_results():
+    sched = get_schedule("linear")
+    calls = []
+
+    def net(x, t, **cond):
+        calls.append(t.clone())
+        return 0.1 * x
+    den = Denoiser(net, sched, "v")
+    x = torch.randn(3, 2, 4, 4)
+    first = den(x, torch.full((3,), 2.5))
+    again = den(x, torch.full((3,), 2.5))
+    other = den(x, torch.tensor([2.5, 1.0, 0.3]))  # per-sample levels are their own entry
+    assert torch.equal(first, again) and len(den._memo) == 2
+    fresh = Denoiser(net, sched, "v")
+    assert torch.equal(fresh(x, torch.tensor([2.5, 1.0, 0.3])), other)
+    assert torch.equal(calls[0], calls[1])  # the timestep handed to the network is the same too
