@@ -50,6 +50,24 @@ def median_time(fn, *, warmup: int = 2, repeats: int = 5, sync=None) -> float:
     return statistics.median(times)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: not inflated by other jobs
+
+
+def paired_times(fns: dict, rounds: int, warmup: int = 1, clock=time.perf_counter) -> dict[str, list[float]]:
+    """Times of each function, alternating them within every round (order flipped each round), so
+    drifts in the machine's load hit every contender alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for r in range(rounds):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            start = clock()
+            fns[k]()
+            times[k].append(clock() - start)
+    return times
+
+
 def update_section(name: str, markdown: str, doc: Path = DOC) -> None:
     """Replace the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->``."""
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"

@@ -46,7 +46,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import mmdiff.core.dit as dit
-from common import machine, pin_threads, table, update_section
+from common import CLOCKS, machine, paired_times, pin_threads, table, update_section
 
 aten = torch.ops.aten
 LATENT, CHANNELS, CLASSES, OUT_CHANNELS = 32, 4, 1000, 8
@@ -113,22 +113,9 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
 
 
-CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK = CLOCKS
 clock = CLOCK["wall"]
 
-
-def paired_times(fns: dict, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Times of each function, alternating them within every round (order flipped each round)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for r in range(rounds):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            start = clock()
-            fns[k]()
-            times[k].append(clock() - start)
-    return times
 
 
 def paired_ratio(num: list[float], den: list[float]) -> float:
@@ -238,7 +225,7 @@ def run_case(case: Case, precision: str, rounds: int) -> dict:
     ours_model, theirs_model = build_ours(case), build_diffusers(case)
     ours, theirs = Trainer(ours_model, case, precision), Trainer(theirs_model, case, precision)
     replay = record_matmuls(ours, torch.bfloat16 if precision == "bf16" else torch.float32)
-    times = paired_times({"ours": ours, "diffusers": theirs, "ceiling": replay}, rounds)
+    times = paired_times({"ours": ours, "diffusers": theirs, "ceiling": replay}, rounds, warmup=2, clock=clock)
     flops = {"ours": counted_flops(ours), "diffusers": counted_flops(theirs),
              "analytic": analytic_flops(ours_model, case.batch)}
     memory = {"ours": peak_memory(ours), "diffusers": peak_memory(theirs)}
@@ -266,7 +253,8 @@ def run_attention_ablation(case: Case, rounds: int) -> float:
                 dit.attend = explicit
         return run
 
-    times = paired_times({"explicit": with_attention(explicit), "sdpa": with_attention(sdpa)}, rounds)
+    fns = {"explicit": with_attention(explicit), "sdpa": with_attention(sdpa)}
+    times = paired_times(fns, rounds, warmup=2, clock=clock)
     return paired_ratio(times["sdpa"], times["explicit"])
 
 
@@ -283,7 +271,7 @@ def run_compiled(case: Case, precision: str, rounds: int) -> dict:
         except Exception as e:  # report, do not hide, a compiler that does not work here
             return dict(case=case, precision=precision, error=f"{type(e).__name__}: {str(e)[:200]}")
         compile_s[name] = time.perf_counter() - start
-    times = paired_times(steps, rounds, warmup=1)
+    times = paired_times(steps, rounds, warmup=1, clock=clock)
     row = dict(case=case, precision=precision, times=times, compile_s=compile_s,
                speedup=paired_ratio(times["diffusers"], times["ours"]))
     print(f"compiled {case.name} {precision}: ours {med(times['ours']):.3f} s, diffusers "

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from types import SimpleNamespace
 
 import torch
 from diffusers import (DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
                        EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler)
 
-from common import machine, pin_threads, table, update_section
+from common import CLOCKS, machine, paired_times, pin_threads, table, update_section
 from mmdiff.core.dit import DiT
 from mmdiff.core.guidance import cfg
 from mmdiff.core.parametrization import Denoiser
@@ -44,7 +43,7 @@ SCHEDULERS = {
     "ddim": DDIMScheduler,
 }
 STEPS, SHAPE = 50, (2, 4, 8, 8)
-CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK = CLOCKS
 CPU_NOTE = ("Times are CPU time of one thread: the two cores were shared with other jobs; CPU time is "
             "not inflated by time slices lost to them.\n\n")
 clock = CLOCK["wall"]
@@ -53,19 +52,6 @@ clock = CLOCK["wall"]
 def trivial_net(x, timestep, **cond):
     return 0.1 * x
 
-
-def paired_times(fns: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Times of each function, alternating them within every round (order flipped each round)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for r in range(repeats):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            start = clock()
-            fns[k]()
-            times[k].append(clock() - start)
-    return times
 
 
 # ------------------------------------------------------------------------------- per step
@@ -101,7 +87,7 @@ def per_step(repeats: int) -> list[list]:
         fns = {"ours": ours_solve(name, Denoiser(trivial_net, get_schedule("linear"), "eps")),
                "bare": ours_solve(name, lambda x, sigma: 0.5 * x),
                "diffusers": diffusers_solve(name)}
-        times = paired_times(fns, repeats)
+        times = paired_times(fns, repeats, clock=clock)
         ours_evals, theirs_evals = evaluations(name, STEPS), fns["diffusers"].evaluations()
         us = {k: 1e6 * statistics.median(v) / (theirs_evals if k == "diffusers" else ours_evals)
               for k, v in times.items()}
@@ -154,7 +140,7 @@ def end_to_end(batch: int, steps: int, repeats: int) -> dict:
         return pipe(class_labels=labels.tolist(), guidance_scale=4.0, num_inference_steps=steps,
                     output_type="pt").images
 
-    times = paired_times({"ours": ours, "diffusers": theirs}, repeats, warmup=0)
+    times = paired_times({"ours": ours, "diffusers": theirs}, repeats, warmup=0, clock=clock)
     result = {k: statistics.median(v) for k, v in times.items()}
     result["ratio"] = statistics.median(a / b for a, b in zip(times["diffusers"], times["ours"]))
     print(result, flush=True)

@@ -348,6 +348,24 @@ def find_column(dataset, feature_type: type, wanted: str | None, what: str) -> s
     return matches[0] if matches else None
 
 
+def open_hf_media(name_or_path, split: str, feature: type, column: str | None, label_column: str | None,
+                  what: str):
+    """A HF split reduced to its media column (``feature``: ``datasets.Image`` or ``Video``, left
+    undecoded so that a bad file is skipped like in a folder instead of raising inside datasets)
+    and its label column: ``(dataset, column, label_column, class_names)``."""
+    import datasets
+
+    dataset = load_hf_split(name_or_path, split)
+    column = find_column(dataset, feature, column, what)
+    if column is None:
+        raise DataError(f"{name_or_path}[{split}] has no {feature.__name__} column; columns are "
+                        f"{dict(dataset.features)}; pass {what}_column=")
+    label_column = find_column(dataset, datasets.ClassLabel, label_column, "label")
+    columns = [c for c in (column, label_column) if c]
+    dataset = dataset.select_columns(columns).cast_column(column, feature(decode=False))
+    return dataset, column, label_column, hf_labels(dataset, label_column)
+
+
 def hf_labels(dataset, label_column: str | None) -> list[str]:
     """Class names: from a ``ClassLabel`` feature, else ``0..max`` of an integer column."""
     if label_column is None:
@@ -379,17 +397,9 @@ class HFImageDataset(SkipUnreadable):
 
         check_channels(channels)
         self.where = f"{name_or_path}[{split}]"
-        dataset = load_hf_split(name_or_path, split)
-        self.image_column = find_column(dataset, datasets.Image, image_column, "image")
-        if self.image_column is None:
-            raise DataError(f"{self.where} has no Image column; columns are {dict(dataset.features)}; "
-                            "pass image_column=")
-        self.label_column = find_column(dataset, datasets.ClassLabel, label_column, "label")
-        self.class_names = hf_labels(dataset, self.label_column)
+        (self.dataset, self.image_column, self.label_column,
+         self.class_names) = open_hf_media(name_or_path, split, datasets.Image, image_column, label_column, "image")
         self.num_classes = len(self.class_names)
-        # Decode ourselves: a bad image is then skipped like in a folder instead of raising in datasets.
-        columns = [c for c in (self.image_column, self.label_column) if c]
-        self.dataset = dataset.select_columns(columns).cast_column(self.image_column, datasets.Image(decode=False))
         super().__init__()
         self.channels = channels or self._auto_channels()
         self.resolution = resolution

@@ -14,10 +14,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from mmdiff.data.images import (DataError, SkipUnreadable, check_channels, check_remote_name, digits_arrays,
-                                find_column, hf_labels, hf_source, is_saved_hf_dataset, load_hf_split,
-                                make_transform, match_channels, scan_media_folder, select_split, to_model_range,
-                                verify_files)
+from mmdiff.data.images import (SkipUnreadable, check_channels, check_remote_name, digits_arrays, hf_source,
+                                is_saved_hf_dataset, make_transform, match_channels, open_hf_media,
+                                scan_media_folder, select_split, to_model_range, verify_files)
 from mmdiff.media import count_frames, read_video
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".gif", ".avi")
@@ -181,16 +180,9 @@ class HFVideoDataset(VideoClips):
 
         super().__init__(num_frames, frame_stride, resolution, channels, crop, random_flip, start)
         self.where = f"{name_or_path}[{split}]"
-        dataset = load_hf_split(name_or_path, split)
-        self.video_column = find_column(dataset, datasets.Video, video_column, "video")
-        if self.video_column is None:
-            raise DataError(f"{self.where} has no Video column; columns are {dict(dataset.features)}; "
-                            "pass video_column=")
-        self.label_column = find_column(dataset, datasets.ClassLabel, label_column, "label")
-        self.class_names = hf_labels(dataset, self.label_column)
+        (self.dataset, self.video_column, self.label_column,
+         self.class_names) = open_hf_media(name_or_path, split, datasets.Video, video_column, label_column, "video")
         self.num_classes = len(self.class_names)
-        columns = [c for c in (self.video_column, self.label_column) if c]
-        self.dataset = dataset.select_columns(columns).cast_column(self.video_column, datasets.Video(decode=False))
         if channels is None:
             head = self.dataset.select(range(min(16, len(self.dataset))))[self.video_column]
             self.channels = 1 if all(probe_video(hf_source(v))[1] for v in head) else 3
