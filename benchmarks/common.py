@@ -53,6 +53,18 @@ def median_time(fn, *, warmup: int = 2, repeats: int = 5, sync=None) -> float:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: not inflated by other jobs
 
 
+def add_clock_option(parser) -> None:
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="cpu: process CPU time, which time slices lost to other processes do not "
+                             "inflate; needs BENCH_THREADS=1 (idle OpenMP threads spin on the CPU)")
+
+
+def chosen_clock(parser, args, threads: int):
+    if args.clock == "cpu" and threads != 1:
+        parser.error("--clock cpu needs BENCH_THREADS=1")
+    return CLOCKS[args.clock]
+
+
 def paired_times(fns: dict, rounds: int, warmup: int = 1, clock=time.perf_counter) -> dict[str, list[float]]:
     """Times of each function, alternating them within every round (order flipped each round), so
     drifts in the machine's load hit every contender alike."""

@@ -46,7 +46,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import mmdiff.core.dit as dit
-from common import CLOCKS, machine, paired_times, pin_threads, table, update_section
+from common import (CLOCKS, add_clock_option, chosen_clock, machine, paired_times, pin_threads, table,
+                    update_section)
 
 aten = torch.ops.aten
 LATENT, CHANNELS, CLASSES, OUT_CHANNELS = 32, 4, 1000, 8
@@ -113,8 +114,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
 
 
-CLOCK = CLOCKS
-clock = CLOCK["wall"]
+clock = CLOCKS["wall"]
 
 
 
@@ -358,15 +358,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="depth-6 only, no compile, prints only")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--clock", choices=list(CLOCK), default="wall",
-                        help="cpu: process CPU time, which time slices lost to other processes do not "
-                             "inflate; needs BENCH_THREADS=1 (idle OpenMP threads spin on the CPU)")
+    add_clock_option(parser)
     args = parser.parse_args()
     threads, load = pin_threads(), os.getloadavg()[0]
-    if args.clock == "cpu" and threads != 1:
-        parser.error("--clock cpu needs BENCH_THREADS=1")
     global clock
-    clock = CLOCK[args.clock]
+    clock = chosen_clock(parser, args, threads)
     torch.manual_seed(0)
     cases = [c for c in CASES if c.depth] if args.quick else CASES
     rows = [run_case(case, p, args.rounds) for case in cases for p in PRECISIONS]

@@ -28,7 +28,8 @@ import torch
 from diffusers import (DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
                        EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler)
 
-from common import CLOCKS, machine, paired_times, pin_threads, table, update_section
+from common import (CLOCKS, add_clock_option, chosen_clock, machine, paired_times, pin_threads, table,
+                    update_section)
 from mmdiff.core.dit import DiT
 from mmdiff.core.guidance import cfg
 from mmdiff.core.parametrization import Denoiser
@@ -43,10 +44,9 @@ SCHEDULERS = {
     "ddim": DDIMScheduler,
 }
 STEPS, SHAPE = 50, (2, 4, 8, 8)
-CLOCK = CLOCKS
 CPU_NOTE = ("Times are CPU time of one thread: the two cores were shared with other jobs; CPU time is "
             "not inflated by time slices lost to them.\n\n")
-clock = CLOCK["wall"]
+clock = CLOCKS["wall"]
 
 
 def trivial_net(x, timestep, **cond):
@@ -150,15 +150,11 @@ def end_to_end(batch: int, steps: int, repeats: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--clock", choices=list(CLOCK), default="wall",
-                        help="cpu: process CPU time, not inflated by time slices lost to other "
-                             "processes; needs BENCH_THREADS=1")
+    add_clock_option(parser)
     args = parser.parse_args()
     threads, load = pin_threads(), os.getloadavg()[0]
-    if args.clock == "cpu" and threads != 1:
-        parser.error("--clock cpu needs BENCH_THREADS=1")
     global clock
-    clock = CLOCK[args.clock]
+    clock = chosen_clock(parser, args, threads)
     rows = per_step(5 if args.quick else 21)
     batch, steps = (2, 5) if args.quick else (8, 25)
     e2e = end_to_end(batch, steps, 1 if args.quick else 3)

@@ -145,7 +145,7 @@ class Pipeline:
 
     @classmethod
     def default(cls, **kwargs) -> "Pipeline":
-        raise NotImplementedError(f"the '{cls.task}' pipeline ships no default model; pass model=PATH")
+        raise ValueError(f"the '{cls.task}' pipeline ships no default model; pass model=PATH")
 
     # ------------------------------------------------------------------------------ sampling
     def sigmas(self, steps: int | None = None, spacing: str | None = None) -> torch.Tensor:

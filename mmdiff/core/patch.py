@@ -6,6 +6,7 @@ at pixels, frames or characters, only at ``(B, N, token_dim)`` tokens and this o
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -63,19 +64,22 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------- patchers
 
-class Patcher(nn.Module):
+class Patcher(nn.Module, ABC):
     """Base: subclasses set ``token_dim`` and implement the three methods below."""
 
     token_dim: int
 
+    @abstractmethod
     def patchify(self, x: Tensor) -> Tensor:  # (B, ..., ) -> (B, N, token_dim)
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def unpatchify(self, tokens: Tensor, like: Tensor) -> Tensor:  # inverse, shaped like ``like``
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def positions(self, like: Tensor) -> Tensor | None:  # (N, hidden) added to tokens, or None
-        raise NotImplementedError
+        ...
 
     def grid(self, like: Tensor) -> tuple[int, int] | None:
         """``(frames, tokens_per_frame)`` for frame attention; None when there is no time axis."""

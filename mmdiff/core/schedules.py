@@ -15,6 +15,7 @@ All arithmetic is float64: flow's ``sigma = t / (1 - t)`` near ``t = 1`` loses e
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import math
 from dataclasses import dataclass, field
 
@@ -29,7 +30,7 @@ def _f64(x) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
-class Schedule:
+class Schedule(ABC):
     """Base class; subclasses define ``sigma``, ``t``, ``alpha`` and the time domain."""
 
     name: str = "schedule"
@@ -38,11 +39,13 @@ class Schedule:
     t_max: float = 1.0
 
     # --- the contract -------------------------------------------------------------------------
+    @abstractmethod
     def sigma(self, t) -> Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def t(self, sigma) -> Tensor:
-        raise NotImplementedError
+        ...
 
     def alpha(self, sigma) -> Tensor:
         """Native input scale at VE level ``sigma``; variance-preserving by default."""

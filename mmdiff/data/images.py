@@ -8,6 +8,7 @@ The folder scanning, skip-unreadable and transform helpers here are shared with 
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import io
 import re
 import warnings
@@ -196,7 +197,7 @@ def select_split(root: Path, split: str) -> Path:
                     f"split 'train' or 'all', not {split!r}; put held-out data in {root}/{split}/")
 
 
-class SkipUnreadable(Dataset):
+class SkipUnreadable(Dataset, ABC):
     """Base for file-backed data sets: an item that fails to load is warned about once, recorded in
     ``skipped`` as ``(name, reason)`` and replaced by the next readable item, so one bad file never
     ends an epoch. Subclasses call ``super().__init__(skipped)`` and implement ``_load``/``_name``.
@@ -209,11 +210,13 @@ class SkipUnreadable(Dataset):
         self.skipped = list(skipped or [])
         self._failed: set[int] = set()
 
+    @abstractmethod
     def _load(self, index: int) -> dict:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _name(self, index: int) -> str:
-        raise NotImplementedError
+        ...
 
     def __getitem__(self, index: int) -> dict:
         n = len(self)

@@ -9,6 +9,7 @@ pipelines therefore never see a scaling constant. ``IdentityAutoencoder`` is pix
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ Generators = torch.Generator | list[torch.Generator] | None
 
 # ----------------------------------------------------------------------------- the interface
 
-class Autoencoder(nn.Module):
+class Autoencoder(nn.Module, ABC):
     """Base class: batching, dtype handling, posterior sampling and latent scaling live here once;
     a subclass supplies ``_encode_unscaled`` and ``_decode_unscaled`` for one batch chunk."""
 
@@ -92,11 +93,13 @@ class Autoencoder(nn.Module):
 
     # -- hooks for subclasses
 
+    @abstractmethod
     def _encode_unscaled(self, images: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _decode_unscaled(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     def _latent_shift_scale(self, like: torch.Tensor):
         """(shift, scale) with latents = (z - shift) * scale; floats or tensors broadcastable to z."""

@@ -11,6 +11,7 @@ modality's pipeline.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,7 @@ class DiffusionArgs:
     guidance_scale: float = field(default=1.0, metadata={"help": "validation / export default guidance"})
 
 
-class LatentDiffusionTask:
+class LatentDiffusionTask(ABC):
     """Trainer hooks for a latent diffusion model over a modality's tensors.
 
     Subclasses set ``modality``, ``data_key`` and ``pipeline_class`` and implement
@@ -89,17 +90,21 @@ class LatentDiffusionTask:
         self.dataset = self.model = self.autoencoder = None
 
     # ------------------------------------------------------------------- built by subclasses
+    @abstractmethod
     def build_dataset(self):
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def build_autoencoder(self) -> nn.Module:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def patch_config(self, latent_shape: tuple[int, ...]) -> PatchConfig:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def validation(self, model: nn.Module, step: int, folder: Path) -> dict:
-        raise NotImplementedError
+        ...
 
     # -------------------------------------------------------------------------------- shared
     def schedule_options(self) -> dict:

@@ -12,6 +12,7 @@ SentencePiece ``tokenizer.model`` protobuf, or the ``transformers`` JSON files);
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import hashlib
 import io
 import json
@@ -37,7 +38,7 @@ class TokenizerConfig:
     trained_with: str = ""  # "unigram:4096" for a SentencePiece model trained by mmdiff
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """Base class: subclasses implement ``_encode``/``_decode`` and the files they save."""
 
     config: TokenizerConfig
@@ -77,14 +78,17 @@ class Tokenizer:
             ids = [i for i in ids if i not in self.special_ids]
         return self._decode(ids)
 
+    @abstractmethod
     def _encode(self, text: str, document_start: bool) -> list[int]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _decode(self, ids: list[int]) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _save_files(self, folder: Path) -> None:
-        raise NotImplementedError
+        ...
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         folder = Path(folder)
