@@ -69,6 +69,21 @@ def test_moving_digits_stay_inside_and_move_at_bounded_speed():
     assert set(labels) == set(range(10))
 
 
+def test_moving_digits_speed_option():
+    kw = dict(num_clips=50, num_frames=16, size=32, digit_size=16)
+    default, slow, still = (MovingDigitsDataset("test", **kw, **extra)
+                            for extra in ({}, {"max_speed": 1}, {"max_speed": 0}))
+    assert torch.equal(default[7]["video"], MovingDigitsDataset("test", **kw, max_speed=3)[7]["video"])
+
+    def mean_step(ds):
+        return torch.cat([ds[i]["positions"].diff(dim=0).norm(dim=1) for i in range(50)]).mean()
+    assert 1.5 < mean_step(default) < 2.5 and 0.3 < mean_step(slow) < 0.9  # speeds uniform in [max/3, max]
+    for i in range(50):
+        assert (still[i]["video"] == still[i]["video"][:1]).all()  # every frame is the first
+    with pytest.raises(ValueError, match="max_speed must be >= 0"):
+        MovingDigitsDataset("test", max_speed=-1)
+
+
 # ----------------------------------------------------------------------------- video folders
 
 @pytest.fixture

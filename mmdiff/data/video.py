@@ -36,16 +36,19 @@ def bounce(x: np.ndarray, span: float) -> np.ndarray:
 
 class MovingDigitsDataset(Dataset):
     """The built-in ``moving-digits``: one digit (from ``digits_arrays(split)``, upsampled to
-    ``digit_size``) moving at a constant 1-3 px/frame in a random direction on a black ``size x size``
-    canvas, reflecting off the walls. Each clip is generated on the fly from ``(seed, split, index)``
+    ``digit_size``) moving at a constant speed, uniform in ``[max_speed / 3, max_speed]`` px/frame
+    (1-3 by default; 0 keeps it still), in a random direction on a black ``size x size`` canvas,
+    reflecting off the walls. Each clip is generated on the fly from ``(seed, split, index)``
     alone, so two constructions give identical clips and workers need no shared RNG.
 
     Items also carry ``positions`` ``(T, 2)``: the (top, left) pixel of the digit box in each frame.
     """
 
     def __init__(self, split: str = "train", num_clips: int = 4096, num_frames: int = 16, size: int = 32,
-                 digit_size: int = 16, seed: int = 0, channels: int | None = None):
+                 digit_size: int = 16, seed: int = 0, channels: int | None = None, max_speed: float = 3.0):
         check_channels(channels)
+        if not max_speed >= 0:
+            raise ValueError(f"max_speed must be >= 0 px/frame, got {max_speed}")
         if not 0 < digit_size <= size:
             raise ValueError(f"need 0 < digit_size <= size, got digit_size={digit_size}, size={size}")
         images, labels = digits_arrays(split)
@@ -53,6 +56,7 @@ class MovingDigitsDataset(Dataset):
         self.digits = digits[:, 0].clamp(0, 1).numpy() * 2 - 1  # (N, d, d) in [-1, 1]
         self.labels = labels
         self.split, self.num_clips, self.num_frames, self.seed = split, num_clips, num_frames, seed
+        self.max_speed = max_speed
         self.resolution, self.digit_size = size, digit_size
         self.channels = channels or 1
         self.num_classes, self.class_names = 10, [str(d) for d in range(10)]
@@ -64,7 +68,7 @@ class MovingDigitsDataset(Dataset):
         """Integer (top, left) per frame, ``(T, 2)``, always inside the canvas."""
         span = self.resolution - self.digit_size
         start = rng.uniform(0, span, size=2)
-        speed, angle = rng.uniform(1, 3), rng.uniform(0, 2 * math.pi)
+        speed, angle = rng.uniform(self.max_speed / 3, self.max_speed), rng.uniform(0, 2 * math.pi)
         velocity = speed * np.array([math.sin(angle), math.cos(angle)])  # (d_top, d_left) per frame
         free = start + np.arange(self.num_frames)[:, None] * velocity
         return np.rint(bounce(free, span)).astype(np.int64)

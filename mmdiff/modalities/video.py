@@ -45,6 +45,8 @@ class VideoArgs(DiffusionArgs):
     crop: str = field(default="center", metadata={"help": "center | random (video files)"})
     random_flip: bool = False
     num_clips: int = field(default=4096, metadata={"help": "moving-digits: clips per epoch"})
+    max_speed: float = field(default=3.0, metadata={
+        "help": "moving-digits: top speed in px/frame (speeds are uniform in [max/3, max]; 0 = still digits)"})
     temporal_patch: int = field(default=1, metadata={"help": "frames per tubelet"})
     attention: str = field(default="factorized", metadata={"help": "factorized (spatial/temporal blocks) | joint"})
     given_frames_prob: float = field(default=0.5, metadata={"help": "share of clips trained with given frames"})
@@ -87,7 +89,7 @@ class VideoTask(LatentDiffusionTask):
     def build_dataset(self):
         a = self.args
         if a.data == "moving-digits":
-            kw = {"num_clips": a.num_clips}
+            kw = {"num_clips": a.num_clips, "max_speed": a.max_speed}
         else:
             kw = {"crop": a.crop, "random_flip": a.random_flip}
         dataset = build_video_dataset(a.data, num_frames=a.num_frames, resolution=a.resolution, channels=a.channels,
