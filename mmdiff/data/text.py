@@ -200,6 +200,31 @@ class MarkovChain:
             tokens[:, t] = torch.multinomial(self.transition[tokens[:, t - 1]], 1, generator=generator)[:, 0]
         return tokens
 
+    def posterior(self, log_evidence: torch.Tensor) -> torch.Tensor:
+        """Exact marginals ``p(token_i = v | evidence)`` ``(B, L, V)`` by forward-backward, for
+        independent per-position evidence ``log p(y_i | token_i = v)`` ``(B, L, V)`` (float64 inside)."""
+        ev = log_evidence.double()
+        logp, alpha, beta = self.transition.log(), torch.empty_like(ev), torch.zeros_like(ev)
+        alpha[:, 0] = self.stationary.log() + ev[:, 0]
+        for t in range(1, ev.shape[1]):
+            alpha[:, t] = torch.logsumexp(alpha[:, t - 1, :, None] + logp, 1) + ev[:, t]
+        for t in range(ev.shape[1] - 2, -1, -1):
+            beta[:, t] = torch.logsumexp(logp + (ev[:, t + 1] + beta[:, t + 1])[:, None, :], 2)
+        return torch.softmax(alpha + beta, -1)
+
+    def denoiser(self, embeddings: torch.Tensor):
+        """The Bayes-optimal score-interpolation denoiser ``D(x, sigma) = E[E_token | x]`` for
+        sequences of this chain embedded by ``embeddings`` ``(V, D)`` (rows of equal norm) under VE
+        noise ``x = E[tokens] + sigma * eps``: the closed-form reference a trained text model
+        approximates, so sampler error and model error can be measured apart."""
+        E = embeddings.detach().double()
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
+            s2 = sigma.double().reshape(-1, 1, 1) ** 2
+            # log N(x; E_v, s2) up to terms constant in v (all rows of E have the same norm)
+            return (self.posterior((x.double() @ E.T) / s2) @ E).to(x.dtype)
+        return denoise
+
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 2 or tokens.shape[1] == 0 or tokens.dtype.is_floating_point:
             raise ValueError(f"expected integer token ids of shape (B, L) with L >= 1, got "
