@@ -183,5 +183,8 @@ class Pipeline:
         if known is not None:
             fixed = randn(shape, gens, device=device, dtype=dtype) if renoise_known else None
             fn = keep_known(fn, known.to(device, dtype), mask.to(device), noise=fixed, mask_kwarg=mask_kwarg)
-        return sample(fn, x, sigmas, sampler or self.config.sampler, generator=gens, callback=callback,
-                      progress=progress, **sampler_options)
+        sampler = sampler or self.config.sampler
+        if sampler == "heun":
+            sampler_options.setdefault("time", self.schedule.heun_time)
+        return sample(fn, x, sigmas, sampler, generator=gens, callback=callback, progress=progress,
+                      **sampler_options)

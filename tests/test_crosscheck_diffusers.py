@@ -12,7 +12,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")  # a dev dependency: always installed by `make test`
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,  # noqa: E402
-                       FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler)
+                       FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler,
+                       HeunDiscreteScheduler, UniPCMultistepScheduler)
 
 from mmdiff.core.analytic import GaussianMixture  # noqa: E402
 from mmdiff.core.samplers import sample  # noqa: E402
@@ -161,6 +162,35 @@ def test_zero_terminal_snr_euler_matches(gmm):
     assert_same(run_ours(gmm, "euler", sigmas, x0), run_diffusers(gmm, sched, "v_prediction", x0, vp_sample=False))
 
 
+def flow_velocity(gmm):
+    """The exact flow model's output ``eps - x0_hat`` at flow time t (flow-scaled input)."""
+    mean = (gmm.weights[:, None] * gmm.means).sum(0)
+
+    def velocity(x_flow, t):
+        if t >= 1.0:  # the limit of eps - E[x0 | x] as the signal vanishes
+            return x_flow - mean
+        s = t / (1 - t)
+        x_ve = x_flow / (1 - t)
+        d = gmm(x_ve, torch.tensor(s, dtype=torch.float64))
+        return (x_ve - d) / s - d
+    return velocity
+
+
+def run_flow_diffusers(gmm, sched, noise):
+    """A FlowMatch scheduler's states at each first-order stage, in flow scale."""
+    velocity, x, theirs = flow_velocity(gmm), noise.clone(), []
+    for i, t in enumerate(sched.timesteps):
+        if getattr(sched, "state_in_first_order", True):
+            theirs.append(x.clone())
+        x = sched.step(velocity(x, float(sched.sigmas[i])), t, x).prev_sample
+    return theirs + [x]
+
+
+def run_flow_ours(gmm, sampler, sigmas, noise, **options):
+    ours_ve = run_ours(gmm, sampler, sigmas, noise * (1 + float(sigmas[0])), **options)
+    return [x / (1 + float(s)) for x, s in zip(ours_ve, sigmas.tolist())]
+
+
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_flow_euler_matches_flow_match_euler(gmm, shift):
     schedule = get_schedule("flow", shift=shift)
@@ -170,25 +200,25 @@ def test_flow_euler_matches_flow_match_euler(gmm, shift):
     sigmas = schedule.sigmas(STEPS, "linspace", dtype=torch.float64)
     t_ref = sched.sigmas.double()
     assert torch.allclose((sigmas / (1 + sigmas))[1:], t_ref[1:], rtol=1e-6)
-    mean = (gmm.weights[:, None] * gmm.means).sum(0)
     noise = x_start()
+    assert_same(run_flow_ours(gmm, "euler", sigmas, noise), run_flow_diffusers(gmm, sched, noise))
 
-    def velocity(x_flow, t):
-        if t >= 1.0:  # the limit of eps - E[x0 | x] as the signal vanishes
-            return x_flow - mean
-        s = t / (1 - t)
-        x_ve = x_flow / (1 - t)
-        d = gmm(x_ve, torch.tensor(s, dtype=torch.float64))
-        return (x_ve - d) / s - d
 
-    x, theirs = noise.clone(), []
-    for t, t_flow in zip(sched.timesteps, sched.sigmas):
-        theirs.append(x.clone())
-        x = sched.step(velocity(x, float(t_flow)), t, x).prev_sample
-    theirs.append(x)
-    ours_ve = run_ours(gmm, "euler", sigmas, noise * (1 + float(sigmas[0])))
-    ours = [x / (1 + float(s)) for x, s in zip(ours_ve, sigmas.tolist())]
-    assert_same(ours, theirs)
+def test_flow_heun_matches_flow_match_heun(gmm):
+    """``heun`` with ``time="flow"`` (what pipelines of flow models run) is diffusers'
+    FlowMatchHeunDiscreteScheduler; the sigma-time trapezoid from sigma_max = 1e5 is far off."""
+    schedule = get_schedule("flow")
+    assert schedule.heun_time == "flow"
+    sched = FlowMatchHeunDiscreteScheduler()
+    sched.set_timesteps(STEPS)
+    sigmas = schedule.sigmas(STEPS, "linspace", dtype=torch.float64)
+    t_ref = torch.cat([sched.sigmas[0:-1:2], sched.sigmas[-1:]]).double()
+    assert torch.allclose((sigmas / (1 + sigmas))[1:], t_ref[1:], rtol=1e-6)
+    noise = x_start()
+    theirs = run_flow_diffusers(gmm, sched, noise)
+    assert_same(run_flow_ours(gmm, "heun", sigmas, noise, time="flow"), theirs)
+    sigma_time = run_flow_ours(gmm, "heun", sigmas, noise)[-1]
+    assert (sigma_time - theirs[-1]).norm() > 10 * theirs[-1].norm()
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])

@@ -62,6 +62,23 @@ def test_convergence_order_on_a_gaussian(sampler):
     assert abs(order - ORDERS[sampler]) < 0.4, f"{sampler}: measured order {order:.2f}, expected {ORDERS[sampler]}"
 
 
+def test_heun_in_flow_time_is_second_order_and_survives_a_flow_grid():
+    g, x = gaussian(MU, VAR), normal(64) * EDM.sigma_max
+    exact = ode_endpoint(x, EDM.sigma_max)
+
+    def error(steps):
+        return (run(g, x, grid(steps), "heun", time="flow") - exact).pow(2).mean().sqrt().item()
+    assert abs(math.log2(error(40) / error(80)) - 2) < 0.4
+    flow = get_schedule("flow").sigmas(10, "linspace", dtype=F64)  # from sigma_max = 1e5
+    start = normal(64) * flow[0]
+    exact = ode_endpoint(start, float(flow[0]))
+    flow_time = (run(g, start, flow, "heun", time="flow") - exact).pow(2).mean().sqrt().item()
+    sigma_time = (run(g, start, flow, "heun") - exact).pow(2).mean().sqrt().item()
+    assert flow_time < 0.05 < 10 < sigma_time, (flow_time, sigma_time)
+    with pytest.raises(ValueError, match="time must be 'sigma' or 'flow'"):
+        run(g, start, flow, "heun", time="t")
+
+
 def test_dpmpp_3m_is_exact_for_a_quadratic_denoised_path():
     """A third-order multistep step integrates a denoised value that is quadratic in
     lambda = -log(sigma) exactly. With D = lambda^2 (independent of x) and x = 0, the exact step

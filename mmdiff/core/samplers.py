@@ -106,9 +106,17 @@ def sample_ddim(denoiser, x, sigmas, *, eta=0.0, s_noise=1.0, generator=None, ca
 
 
 @torch.no_grad()
-def sample_heun(denoiser, x, sigmas, *, generator=None, callback=None, progress=True):
+def sample_heun(denoiser, x, sigmas, *, time="sigma", generator=None, callback=None, progress=True):
     """Karras et al. (2022) Algorithm 1 (deterministic): trapezoidal correction, Euler into 0.
-    Costs two evaluations per step except the last."""
+    Costs two evaluations per step except the last.
+
+    ``time`` is the variable the trapezoid is taken in. ``"sigma"`` is Karras' (and diffusers'
+    ``HeunDiscreteScheduler``). ``"flow"`` takes it in flow time ``t = sigma / (1 + sigma)`` on
+    ``x / (1 + sigma)``, as ``FlowMatchHeunDiscreteScheduler`` does: a flow grid starts at
+    sigma_max = 1e5, where a trapezoid in sigma multiplies the change of the denoiser between
+    the two ends of the first step by ~1e5 / sigma_next and the sample is lost."""
+    if time not in ("sigma", "flow"):
+        raise ValueError(f"time must be 'sigma' or 'flow', got '{time}'")
     for i, s, s_next, ones in _steps(sigmas, progress, x):
         den = denoiser(x, s * ones)
         _report(callback, x=x, i=i, sigma=s, sigma_next=s_next, denoised=den)
@@ -116,10 +124,13 @@ def sample_heun(denoiser, x, sigmas, *, generator=None, callback=None, progress=
         if s_next == 0:
             x = x_euler
             continue
-        d = (x - den) / s
         den_next = denoiser(x_euler, s_next * ones)
-        d_next = (x_euler - den_next) / s_next
-        x = x_euler + (0.5 * (s_next - s)) * (d_next - d)
+        # d(x)/d(sigma) at both ends; it equals d(x - den)/d(sigma) along the Euler step
+        change = (x_euler - den_next) / s_next - (x - den) / s
+        if time == "sigma":
+            x = x_euler + (0.5 * (s_next - s)) * change
+        else:  # flow velocity v = (x - den) / sigma - den, and dt (1 + s_next) = (s_next - s) / (1 + s)
+            x = x_euler + (0.5 * (s_next - s) / (1 + s)) * (change - (den_next - den))
     return x
 
 

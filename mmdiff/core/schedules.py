@@ -35,6 +35,7 @@ class Schedule(ABC):
 
     name: str = "schedule"
     default_spacing: str = "linspace"
+    heun_time: str = "sigma"  # the variable sample_heun takes its trapezoid in for this schedule
     t_min: float = 0.0
     t_max: float = 1.0
 
@@ -202,6 +203,7 @@ class FlowSchedule(Schedule):
     ``t' = shift * t / (1 + (shift - 1) * t)``; ``t`` runs over ``[1 / num_timesteps, 1]``."""
 
     name: str = "flow"
+    heun_time: str = "flow"  # sigma_max = 1e5: a trapezoid in sigma loses the sample (sample_heun)
     shift: float = 1.0
     num_timesteps: int = 1000
     default_spacing: str = "linspace"
