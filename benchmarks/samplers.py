@@ -82,11 +82,6 @@ class Counted:
         return self.gmm(x, sigma)
 
 
-def sampler_options(sampler: str, schedule) -> dict:
-    """What a pipeline over ``schedule`` passes to ``sampler`` (Heun's time variable)."""
-    return {"time": schedule.heun_time} if sampler == "heun" else {}
-
-
 def steps_for(sampler: str, nfe: int) -> int:
     return (nfe + 1) // 2 if sampler in ("heun", "Heun", "FlowMatchHeun") else nfe
 
@@ -138,7 +133,7 @@ def rms(a, b) -> float:
 def run_ours(gmm, z, sigmas, sampler, schedule):
     model = Counted(gmm)
     out = sample(model, z * float(sigmas[0]), sigmas, sampler, progress=False,
-                 generator=1234 if sampler in STOCHASTIC else None, **sampler_options(sampler, schedule))
+                 generator=1234 if sampler in STOCHASTIC else None, **schedule.sampler_options(sampler))
     assert model.calls == evaluations(sampler, len(sigmas) - 1), (sampler, model.calls)
     return out, model.calls
 
@@ -312,7 +307,7 @@ def optimized_runs(cfg, runs, references, log) -> tuple[list[Run], dict, str]:
             schedules[sampler, target] = optimize_sigmas(
                 train, prior, sampler, steps_for(sampler, target), sigma_min=schedule.sigma_min,
                 sigma_max=schedule.sigma_max, iterations=cfg["opt_iterations"], num_samples=cfg["opt_samples"],
-                generator=0, **sampler_options(sampler, schedule))
+                generator=0, **schedule.sampler_options(sampler))
         for target in cfg["nfes"]:
             if target not in (5, 10):  # AYS-style: interpolate the 10-NFE schedule in log-sigma
                 schedules[sampler, target] = log_interpolate(schedules[sampler, 10], steps_for(sampler, target))

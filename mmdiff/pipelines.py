@@ -184,7 +184,5 @@ class Pipeline:
             fixed = randn(shape, gens, device=device, dtype=dtype) if renoise_known else None
             fn = keep_known(fn, known.to(device, dtype), mask.to(device), noise=fixed, mask_kwarg=mask_kwarg)
         sampler = sampler or self.config.sampler
-        if sampler == "heun":
-            sampler_options.setdefault("time", self.schedule.heun_time)
-        return sample(fn, x, sigmas, sampler, generator=gens, callback=callback, progress=progress,
-                      **sampler_options)
+        options = {**self.schedule.sampler_options(sampler), **sampler_options}
+        return sample(fn, x, sigmas, sampler, generator=gens, callback=callback, progress=progress, **options)

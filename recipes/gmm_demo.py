@@ -47,7 +47,8 @@ def main(args: Args) -> Path:
                         dtype=torch.float64)
     panels = [scatter(gmm.sample(args.num_samples, torch.Generator().manual_seed(1)), "exact samples")]
     for name in SAMPLERS:
-        out = sample(gmm, noise * sigmas[0], sigmas, name, generator=args.seed, progress=False)
+        out = sample(gmm, noise * sigmas[0], sigmas, name, generator=args.seed, progress=False,
+                     **schedule.sampler_options(name))
         panels.append(scatter(out, f"{name}, {args.steps} steps"))
     cols = 5
     rows = -(-len(panels) // cols)

@@ -98,6 +98,10 @@ class Schedule(ABC):
             return hi - i * (hi - lo) / steps
         return lo + (steps - 1 - i) * (hi - lo) / steps  # leading
 
+    def sampler_options(self, sampler: str) -> dict:
+        """Options a sampler needs on this schedule's grids (Heun's time variable)."""
+        return {"time": self.heun_time} if sampler == "heun" else {}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}, sigma {self.sigma_min:.4g}..{self.sigma_max:.4g})"
 
