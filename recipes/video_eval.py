@@ -34,7 +34,7 @@ class EvalArgs:
     per_class: int = field(default=10, metadata={"help": "class-conditional videos per class"})
     i2v_clips: int = field(default=100, metadata={"help": "held-out clips for image-to-video"})
     num_frames: int | None = field(default=None, metadata={"help": "frames per video (default: the trained length)"})
-    settings: str = field(default="dpmpp_2m:25,dpmpp_2m:10,euler:25", metadata={
+    settings: str = field(default="euler_ancestral:50,euler_ancestral:25,dpmpp_2m_sde:50,dpmpp_2m:25", metadata={
         "help": "comma-separated sampler:steps pairs, each scored on the same videos' seeds"})
     guidance_scale: float | None = field(default=None, metadata={"help": "default: the export's"})
     seed: int = 0

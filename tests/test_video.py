@@ -304,9 +304,11 @@ def test_shipped_default_model_makes_the_requested_digits():
     assert size <= 8 * 2**20
     pipe = mmdiff.pipeline("video")
     assert pipe.dtype == torch.float32 and pipe.max_frames == 16
-    labels = list(range(10))
-    videos = pipe(class_labels=labels, num_inference_steps=15, generator=0, progress=False, output_type="pt")
-    assert videos.shape == (10, 16, 1, 16, 16)
+    assert (pipe.config.sampler, pipe.config.steps) == ("euler_ancestral", 50)
+    labels = list(range(10)) * 2
+    videos = pipe(class_labels=labels, generator=0, progress=False, output_type="pt")  # the export's defaults
+    assert videos.shape == (20, 16, 1, 16, 16)
     scores = video_scores(videos, torch.tensor(labels), box=8)  # the digit is 8x8 on the 16x16 canvas
-    assert scores["accuracy"] > 0.6, scores  # frames read as the requested class: a clear majority
-    assert scores["mean_speed"] > 0.5, scores  # the digits move
+    # measured on 200 videos: 99.9% of frames right, 99% of videos one digit throughout
+    assert scores["accuracy"] > 0.95 and scores["identity_consistency"] >= 0.85, scores
+    assert scores["mean_speed"] > 1.0, scores  # the digits move (data: 1.9 px/frame)
