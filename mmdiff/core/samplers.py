@@ -125,7 +125,7 @@ def sample_heun(denoiser, x, sigmas, *, time="sigma", generator=None, callback=N
             x = x_euler
             continue
         den_next = denoiser(x_euler, s_next * ones)
-        # d(x)/d(sigma) at both ends; it equals d(x - den)/d(sigma) along the Euler step
+        # how dx/dsigma = (x - den) / sigma changed from the start of the step to its Euler end
         change = (x_euler - den_next) / s_next - (x - den) / s
         if time == "sigma":
             x = x_euler + (0.5 * (s_next - s)) * change
