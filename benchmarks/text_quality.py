@@ -98,7 +98,7 @@ def denoising_gap(pipe, sigmas=GAP_SIGMAS, num: int = 256, seed: int = 0) -> lis
         if model.config.self_conditioning:
             x0, logits = model.denoise(x, s, x0)
         ce_model = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten()).item()
-        post = chain.posterior((x.double() @ E.double().T) / sigma**2)
+        post = chain.token_posterior(x, E, sigma)
         ce_exact = -post.gather(-1, tokens[..., None]).log().mean().item()
         rows.append([sigma, ce_model, ce_exact, ce_model - ce_exact])
     return rows

@@ -212,17 +212,23 @@ class MarkovChain:
             beta[:, t] = torch.logsumexp(logp + (ev[:, t + 1] + beta[:, t + 1])[:, None, :], 2)
         return torch.softmax(alpha + beta, -1)
 
+    def token_posterior(self, x: torch.Tensor, embeddings: torch.Tensor, sigma) -> torch.Tensor:
+        """``p(token_i = v | x)`` ``(B, L, V)`` for noisy embeddings ``x = E[tokens] + sigma * eps``
+        ``(B, L, D)``; ``embeddings`` ``(V, D)`` must have rows of equal norm; ``sigma`` a number or ``(B,)``."""
+        E = embeddings.detach().double()
+        s2 = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1) ** 2
+        # log N(x; E_v, s2) up to terms constant in v (all rows of E have the same norm)
+        return self.posterior((x.double() @ E.T) / s2)
+
     def denoiser(self, embeddings: torch.Tensor):
         """The Bayes-optimal score-interpolation denoiser ``D(x, sigma) = E[E_token | x]`` for
-        sequences of this chain embedded by ``embeddings`` ``(V, D)`` (rows of equal norm) under VE
-        noise ``x = E[tokens] + sigma * eps``: the closed-form reference a trained text model
-        approximates, so sampler error and model error can be measured apart."""
+        sequences of this chain embedded by ``embeddings`` under VE noise: the closed-form
+        reference a trained text model approximates, so sampler error and model error can be
+        measured apart."""
         E = embeddings.detach().double()
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
-            s2 = sigma.double().reshape(-1, 1, 1) ** 2
-            # log N(x; E_v, s2) up to terms constant in v (all rows of E have the same norm)
-            return (self.posterior((x.double() @ E.T) / s2) @ E).to(x.dtype)
+            return (self.token_posterior(x, E, sigma) @ E).to(x.dtype)
         return denoise
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
