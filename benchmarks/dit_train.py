@@ -4,6 +4,8 @@ configuration, and how far each step is from this machine's matmul ceiling.
     BENCH_THREADS=1 python benchmarks/dit_train.py --clock cpu   # full run (~40 min), rewrites
                                                                  # the dit-train and machine-limit sections
     python benchmarks/dit_train.py --quick      # depth-6 only, no compile, prints only
+    python benchmarks/dit_train.py --device cuda  # the GPU table (bf16, DiT-S/2, B/2, XL/2; ~3 min on
+                                                  # an H100), rewrites the dit-train-gpu section
 
 Identical configuration: same width, depth, heads and patch, 32x32x4 latents, 1000 classes plus
 the null class (label dropout 0.1), learned sigma (8 output channels), LayerNorm eps 1e-6, tanh
@@ -13,20 +15,22 @@ frequency shift is set to the paper's (neither changes its cost). diffusers keep
 architecture here: one embedder per block, separate q/k/v projections.
 
 A step is forward, MSE loss, backward and AdamW (``fused=True`` for both: the fastest AdamW on the
-CPU, 22 ms instead of 107 ms at DiT-S/2). bf16 is CPU autocast over float32 weights.
+CPU, 22 ms instead of 107 ms at DiT-S/2). bf16 is autocast over float32 weights.
 
 Timing: the two models alternate step by step (the order flips every round) so that load from
 other processes on the shared cores hits both alike; a ratio is the median of the per-round
 ratios. Memory: ``torch.distributed._tools.mem_tracker.MemTracker`` over one step after warm-up:
 the peak of live tensor bytes (parameters, gradients, optimizer state, activations, temporaries),
-like ``torch.cuda.max_memory_allocated`` and unaffected by the allocator's caching.
+like ``torch.cuda.max_memory_allocated`` (which the GPU run reads) and unaffected by the
+allocator's caching.
 
 FLOPs: ``FlopCounterMode`` over one step (matmuls and attention; the CPU flash-attention kernels
 are not in its registry, so they are counted here as 2 and 4 batched matmuls, the model FLOPs of
 attention without the backward's recomputation), cross-checked against the analytic count. The
 ceiling is the GFLOP/s of the step's own matmul shapes (every mm/addmm/bmm, attention as its
 batched matmuls) replayed as plain ``torch.mm``/``torch.bmm`` calls in the step's dtype,
-measured in the same rounds as the steps.
+measured in the same rounds as the steps. On a GPU the machine's limit is also the GPU's datasheet
+dense bf16 rate and a large bf16 matmul measured in the same run.
 """
 from __future__ import annotations
 
@@ -65,23 +69,33 @@ class Case:
 
 CASES = [Case("DiT-S/2", "DiT-S/2", 4, compile=True), Case("DiT-B/2", "DiT-B/2", 2),
          Case("DiT-S/2, depth 6", "DiT-S/2", 8, depth=6)]
+# GPU: batches that fill the chip (DiT trained XL/2 at 256 per 8 GPUs, i.e. 32 per GPU)
+GPU_CASES = [Case("DiT-S/2", "DiT-S/2", 256), Case("DiT-B/2", "DiT-B/2", 256),
+             Case("DiT-XL/2", "DiT-XL/2", 64, compile=True)]
+# dense bf16 tensor-core rate from the vendor's datasheets, TFLOP/s
+DATASHEET_BF16 = {"H100 PCIe": 756, "H100": 989, "H200": 989, "A100": 312}
 
 
 # ------------------------------------------------------------------------------------ models
 
+device = torch.device("cpu")  # where models are built (--device)
+
+
 def build_ours(case: Case) -> dit.DiT:
     extra = {} if case.depth is None else {"depth": case.depth}
-    return dit.DiT.from_preset(case.preset, in_channels=CHANNELS, input_size=LATENT, num_classes=CLASSES,
-                               out_channels=OUT_CHANNELS, **extra)
+    with device:
+        return dit.DiT.from_preset(case.preset, in_channels=CHANNELS, input_size=LATENT, num_classes=CLASSES,
+                                   out_channels=OUT_CHANNELS, **extra)
 
 
 def build_diffusers(case: Case) -> DiTTransformer2DModel:
     preset = dit.PRESETS[case.preset]
     heads = preset["num_heads"]
-    return DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=preset["hidden_size"] // heads,
-                                 in_channels=CHANNELS, out_channels=OUT_CHANNELS,
-                                 num_layers=case.depth or preset["depth"], sample_size=LATENT,
-                                 patch_size=preset["patch"], num_embeds_ada_norm=CLASSES, norm_eps=1e-6)
+    with device:
+        return DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=preset["hidden_size"] // heads,
+                                     in_channels=CHANNELS, out_channels=OUT_CHANNELS,
+                                     num_layers=case.depth or preset["depth"], sample_size=LATENT,
+                                     patch_size=preset["patch"], num_embeds_ada_norm=CLASSES, norm_eps=1e-6)
 
 
 def forward_fn(model):
@@ -92,26 +106,33 @@ def forward_fn(model):
 
 
 class Trainer:
-    """One training step of ``model`` on a fixed random batch."""
+    """One training step of ``model`` on a fixed random batch, on the model's device. On a GPU
+    the call waits for the device, so that a host clock times the step."""
 
     def __init__(self, model, case: Case, precision: str, compiled: bool = False):
         g = torch.Generator().manual_seed(0)
         b = case.batch
-        self.x = torch.randn(b, CHANNELS, LATENT, LATENT, generator=g)
-        self.t = torch.randint(0, 1000, (b,), generator=g)
-        self.y = torch.randint(0, CLASSES, (b,), generator=g)
-        self.target = torch.randn(b, OUT_CHANNELS, LATENT, LATENT, generator=g)
+        self.device = next(model.parameters()).device
+        batch = (torch.randn(b, CHANNELS, LATENT, LATENT, generator=g), torch.randint(0, 1000, (b,), generator=g),
+                 torch.randint(0, CLASSES, (b,), generator=g), torch.randn(b, OUT_CHANNELS, LATENT, LATENT, generator=g))
+        self.x, self.t, self.y, self.target = (v.to(self.device) for v in batch)
         self.model = model.train()
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         self.forward = forward_fn(torch.compile(model) if compiled else model)
         self.autocast = precision == "bf16"
 
     def __call__(self):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.forward(self.x, self.t, self.y)
         F.mse_loss(out.float(), self.target).backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        synchronize(self.device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 clock = CLOCKS["wall"]
@@ -126,14 +147,20 @@ def peak_memory(step) -> dict[str, float]:
     """MiB of live tensors at the peak of one step, and that peak above the resting state
     (weights and AdamW state, which every step starts and ends with)."""
     step()
+    resting = [p for p in step.model.parameters()]
+    resting += [t for state in step.opt.state.values() for t in state.values() if torch.is_tensor(t)]
+    rest = sum(t.numel() * t.element_size() for t in resting)
+    if step.device.type == "cuda":  # other models may be resident: count what this step adds
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        above = torch.cuda.max_memory_allocated() - before
+        return {"total": (rest + above) / 2**20, "above_rest": above / 2**20}
     tracker = MemTracker()
     tracker.track_external(step.model, step.opt)
     with tracker:
         step()
     peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
-    resting = [p for p in step.model.parameters()]
-    resting += [t for state in step.opt.state.values() for t in state.values() if torch.is_tensor(t)]
-    rest = sum(t.numel() * t.element_size() for t in resting)
     return {"total": peak / 2**20, "above_rest": (peak - rest) / 2**20}
 
 
@@ -150,8 +177,17 @@ def _attention_backward_flops(grad, q, k, v, *args, **kwargs) -> int:
     return 2 * _attention_flops(q, k, v)
 
 
-FLOP_FORMULAS = {aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
-                 aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward_flops}
+# fused attention kernels (CPU flash; CUDA flash, memory-efficient, cuDNN): forward (q, k, v, ...),
+# backward (grad, q, k, v, ...)
+ATTENTION_FORWARD = {getattr(aten, n) for n in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention") if hasattr(aten, n)}
+ATTENTION_BACKWARD = {getattr(aten, n) for n in (
+    "_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_flash_attention_backward",
+    "_scaled_dot_product_efficient_attention_backward", "_scaled_dot_product_cudnn_attention_backward")
+    if hasattr(aten, n)}
+FLOP_FORMULAS = {**{op: _attention_flops for op in ATTENTION_FORWARD},
+                 **{op: _attention_backward_flops for op in ATTENTION_BACKWARD}}
 
 
 def counted_flops(step) -> int:
@@ -189,34 +225,62 @@ class MatmulShapes(TorchDispatchMode):
         elif packet is aten.bmm:
             a, b = args[:2]
             self.shapes.append((a.shape[0], a.shape[1], a.shape[2], b.shape[2], a.dtype))
-        elif func in FLOP_FORMULAS:
-            q, k = (args[0], args[1]) if func is aten._scaled_dot_product_flash_attention_for_cpu else args[1:3]
+        elif func in ATTENTION_FORWARD or func in ATTENTION_BACKWARD:
+            q, k = args[0:2] if func in ATTENTION_FORWARD else args[1:3]
             (b, h, n, d), m = q.shape, k.shape[-2]
-            products = 2 if func is aten._scaled_dot_product_flash_attention_for_cpu else 4
+            products = 2 if func in ATTENTION_FORWARD else 4
             self.shapes += [(b * h, n, d, m, q.dtype)] * products
         return func(*args, **(kwargs or {}))
 
 
 class MatmulReplay:
     """The recorded shapes as plain torch.mm / torch.bmm calls on random ``dtype`` operands (the
-    step's precision, whatever dtype the model chose for a product)."""
+    step's precision, whatever dtype the model chose for a product). Each distinct shape gets one
+    pair of operands, multiplied as often as the step does."""
 
-    def __init__(self, shapes, dtype: torch.dtype):
-        self.operands, self.flops = [], 0
+    def __init__(self, shapes, dtype: torch.dtype, device: torch.device):
+        self.operands, self.flops, self.device = [], 0, device
+        counts = {}
         for batch, m, k, n, _ in shapes:
+            counts[(batch, m, k, n)] = counts.get((batch, m, k, n), 0) + 1
+        for (batch, m, k, n), count in counts.items():
             lead = () if batch is None else (batch,)
-            self.operands.append((torch.randn(*lead, m, k).to(dtype), torch.randn(*lead, k, n).to(dtype)))
-            self.flops += 2 * (batch or 1) * m * k * n
+            a = torch.randn(*lead, m, k, device=device).to(dtype)
+            b = torch.randn(*lead, k, n, device=device).to(dtype)
+            self.operands.append((a, b, count))
+            self.flops += 2 * (batch or 1) * m * k * n * count
 
     def __call__(self):
-        for a, b in self.operands:
-            torch.matmul(a, b)
+        for a, b, count in self.operands:
+            for _ in range(count):
+                torch.matmul(a, b)
+        synchronize(self.device)
 
 
 def record_matmuls(step, dtype: torch.dtype) -> MatmulReplay:
     with MatmulShapes() as rec:
         step()
-    return MatmulReplay(rec.shapes, dtype)
+    return MatmulReplay(rec.shapes, dtype, step.device)
+
+
+def peak_matmul(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
+    """FLOP/s of a large square bf16 matmul: the fastest the GPU multiplies through torch."""
+    a, b = (torch.randn(size, size, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def datasheet_bf16(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in DATASHEET_BF16.items() if key in name), None)
 
 
 # ------------------------------------------------------------------------------------- runs
@@ -290,8 +354,8 @@ def summary(r) -> str:
             f"{gflops(r, 'ours'):.0f} GFLOP/s of a {r['ceiling'] / 1e9:.0f} GFLOP/s ceiling")
 
 
-def gflops(r, who: str) -> float:
-    return r["flops"]["ours"] / med(r["times"][who]) / 1e9  # the same model FLOPs for both
+def gflops(r, who: str, count: str = "ours") -> float:
+    return r["flops"][count] / med(r["times"][who]) / 1e9  # the same model FLOPs for both
 
 
 # ------------------------------------------------------------------------------------ report
@@ -353,17 +417,76 @@ def write_sections(rows, compiled, ablation, header, eager_vs_sdpa_case):
                    "as the steps.")
 
 
+def write_gpu_section(rows, compiled, peak: float, command: str, rounds: int) -> None:
+    sheet = datasheet_bf16(device)
+    train = table(
+        ["model", "batch", "ours ms/step", "diffusers ms/step", "throughput ours/diffusers", "peak MiB ours",
+         "peak MiB diffusers", "memory ours/diffusers", "model TFLOP/step", "ours TFLOP/s", "diffusers TFLOP/s",
+         "ours % of datasheet", "ours % of measured matmul", "ours % of its matmuls replayed",
+         "diffusers % of datasheet"],
+        [[r["case"].name, r["case"].batch, 1e3 * med(r["times"]["ours"]), 1e3 * med(r["times"]["diffusers"]),
+          f"**{r['speedup']:.2f}x**", round(r["memory"]["ours"]["total"]), round(r["memory"]["diffusers"]["total"]),
+          r["memory"]["ours"]["total"] / r["memory"]["diffusers"]["total"], r["flops"]["analytic"] / 1e12,
+          gflops(r, "ours", "analytic") / 1e3, gflops(r, "diffusers", "analytic") / 1e3,
+          f"**{percent(gflops(r, 'ours', 'analytic') * 1e9, sheet)}**", percent(gflops(r, "ours", "analytic") * 1e9, peak),
+          percent(gflops(r, "ours") * 1e9, r["ceiling"]), percent(gflops(r, "diffusers", "analytic") * 1e9, sheet)] for r in rows])
+    counted = ", ".join(f"{r['case'].name} {r['flops']['ours'] / r['flops']['analytic']:.3f}" for r in rows)
+    comp = table(["model", "ours ms/step", "diffusers ms/step", "throughput ours/diffusers", "ours TFLOP/s",
+                  "ours % of datasheet", "ours compile s", "diffusers compile s"],
+                 [[r["case"].name, "failed", r["error"], "", "", "", "", ""] if "error" in r else
+                  [r["case"].name, 1e3 * med(r["times"]["ours"]), 1e3 * med(r["times"]["diffusers"]),
+                   f"**{r['speedup']:.2f}x**", r["flops"] / med(r["times"]["ours"]) / 1e12,
+                   f"**{percent(r['flops'] / med(r['times']['ours']), sheet)}**", round(r["compile_s"]["ours"]),
+                   round(r["compile_s"]["diffusers"])] for r in compiled])
+    update_section("dit-train-gpu", f"Machine: {machine()}.\n\nCommand: `{command}` ({rounds} paired rounds per "
+                   f"row).\n\n{train}\n\nbf16 autocast over float32 weights, fused AdamW; a step ends with "
+                   "`torch.cuda.synchronize`. \"Its matmuls replayed\": the step's own matmul shapes "
+                   "(attention as batched matmuls) run as plain bf16 `torch.matmul` calls, counted FLOPs over "
+                   "their time. Model FLOPs: DiT's formula (the `analytic` count above); "
+                   f"`FlopCounterMode`'s count over the analytic one: {counted}. Datasheet: dense bf16 "
+                   f"{sheet / 1e12 if sheet else 'unknown'} TFLOP/s; measured: an 8192^3 bf16 matmul through "
+                   f"torch in the same run, {peak / 1e12:.0f} TFLOP/s. Peak memory: "
+                   "`torch.cuda.max_memory_allocated` during a step above what was allocated before it, plus "
+                   "the model's weights and AdamW state.\n\n"
+                   f"**torch.compile** (default mode; cold compile time excluded from the step time):\n\n{comp}")
+
+
+def percent(rate: float, ceiling: float | None) -> str:
+    return f"{100 * rate / ceiling:.0f}%" if ceiling else "n/a"
+
+
+def main_gpu(args) -> None:
+    rounds = args.rounds
+    peak = peak_matmul(device)
+    print(f"{machine()}; bf16 8192^3 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
+    command = f"python benchmarks/dit_train.py --device cuda --rounds {rounds}" + " --no-compile" * args.no_compile
+    rows, compiled = [], []
+    for case in GPU_CASES:
+        rows.append(run_case(case, "bf16", rounds))
+        torch.cuda.empty_cache()
+        write_gpu_section(rows, compiled, peak, command, rounds)
+    for case in [] if args.no_compile else [c for c in GPU_CASES if c.compile]:
+        row = run_compiled(case, "bf16", rounds)
+        row["flops"] = next(r["flops"]["analytic"] for r in rows if r["case"] is case)
+        compiled.append(row)
+        write_gpu_section(rows, compiled, peak, command, rounds)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="depth-6 only, no compile, prints only")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cuda: the GPU table in bf16 (dit-train-gpu section)")
     add_clock_option(parser)
     args = parser.parse_args()
     threads, load = pin_threads(), os.getloadavg()[0]
-    global clock
+    global clock, device
     clock = chosen_clock(parser, args, threads)
+    device = torch.device(args.device)
     torch.manual_seed(0)
+    if device.type == "cuda":
+        return main_gpu(args)
     cases = [c for c in CASES if c.depth] if args.quick else CASES
     rows = [run_case(case, p, args.rounds) for case in cases for p in PRECISIONS]
     ablation = run_attention_ablation(cases[0], args.rounds)

@@ -3,6 +3,8 @@ latency end to end against diffusers' DiTPipeline.
 
     python benchmarks/sampling_overhead.py          # rewrites the sampling-overhead section
     python benchmarks/sampling_overhead.py --quick  # fewer repeats, batch 2, prints only
+    python benchmarks/sampling_overhead.py --device cuda  # the same on a GPU, plus DiT-XL/2 end to
+                                                          # end; rewrites sampling-overhead-gpu
 
 Per step: a solve of 50 steps on a (2, 4, 8, 8) tensor with a trivial eps network (``0.1 * x``),
 so almost all time is the solver's own Python and tensor bookkeeping. Ours is
@@ -15,7 +17,8 @@ End to end: DiT-S/2, random init, 32x32x4 latents, batch 8 with classifier-free 
 scale 4 (one forward of 16 per step), labels from 10 classes, DPM-Solver++(2M), 25 steps, DDPM
 linear schedule, eps prediction, no learned sigma. Both models have the 1000-class table (+ null):
 DiTPipeline hard-codes 1000 as the null label. Decoding is excluded on both sides: DiTPipeline
-gets an identity VAE (scaling factor 1), ours returns latents.
+gets an identity VAE (scaling factor 1), ours returns latents. On a GPU every timed call ends with
+``torch.cuda.synchronize``; both sides run float32 with torch's defaults (no TF32 matmuls).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from diffusers import (DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSol
 
 from common import (CLOCKS, add_clock_option, chosen_clock, machine, paired_times, pin_threads, table,
                     update_section)
-from mmdiff.core.dit import DiT
+from mmdiff.core.dit import PRESETS, DiT
 from mmdiff.core.guidance import cfg
 from mmdiff.core.parametrization import Denoiser
 from mmdiff.core.samplers import evaluations, sample
@@ -47,6 +50,19 @@ STEPS, SHAPE = 50, (2, 4, 8, 8)
 CPU_NOTE = ("Times are CPU time of one thread: the two cores were shared with other jobs; CPU time is "
             "not inflated by time slices lost to them.\n\n")
 clock = CLOCKS["wall"]
+device = torch.device("cpu")
+
+
+def synced(fn):
+    """``fn`` followed by a wait for the GPU, so that a host clock times its work."""
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    return run
 
 
 def trivial_net(x, timestep, **cond):
@@ -58,27 +74,28 @@ def trivial_net(x, timestep, **cond):
 
 def ours_solve(name: str, denoiser):
     schedule = get_schedule("linear")
-    x = torch.randn(SHAPE)
+    x = torch.randn(SHAPE, device=device)
 
     def run():
         sigmas = schedule.sigmas(STEPS)
         return sample(denoiser, x * float(sigmas[0]), sigmas, name, progress=False)
-    return run
+    return synced(run)
 
 
 def diffusers_solve(name: str):
     scheduler = SCHEDULERS[name](num_train_timesteps=1000, beta_schedule="linear")
-    x = torch.randn(SHAPE)
+    x = torch.randn(SHAPE, device=device)
 
     def run():
-        scheduler.set_timesteps(STEPS)
+        scheduler.set_timesteps(STEPS, device=device)
         latents = x * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             eps = trivial_net(scheduler.scale_model_input(latents, t), t)
             latents = scheduler.step(eps, t, latents).prev_sample
         return latents
-    run.evaluations = lambda: len(scheduler.timesteps)
-    return run
+    timed = synced(run)
+    timed.evaluations = lambda: len(scheduler.timesteps)
+    return timed
 
 
 def per_step(repeats: int) -> list[list]:
@@ -99,12 +116,15 @@ def per_step(repeats: int) -> list[list]:
 
 # ---------------------------------------------------------------------------- end to end
 
-def dit_pair(seed: int = 0):
+def dit_pair(preset: str = "DiT-S/2", seed: int = 0):
     torch.manual_seed(seed)
-    ours = DiT.from_preset("DiT-S/2", in_channels=4, input_size=32, num_classes=1000).eval()
-    theirs = DiTTransformer2DModel(num_attention_heads=6, attention_head_dim=64, in_channels=4, out_channels=4,
-                                   num_layers=12, sample_size=32, patch_size=2, num_embeds_ada_norm=1000,
-                                   norm_eps=1e-6).eval()
+    shape = PRESETS[preset]
+    heads = shape["num_heads"]
+    with device:
+        ours = DiT.from_preset(preset, in_channels=4, input_size=32, num_classes=1000).eval()
+        theirs = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=shape["hidden_size"] // heads,
+                                       in_channels=4, out_channels=4, num_layers=shape["depth"], sample_size=32,
+                                       patch_size=shape["patch"], num_embeds_ada_norm=1000, norm_eps=1e-6).eval()
     return ours, theirs
 
 
@@ -114,22 +134,22 @@ class IdentityVAE(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.config = SimpleNamespace(scaling_factor=1.0)
-        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.device, self.dtype = device, torch.float32
 
     def decode(self, latents):
         return SimpleNamespace(sample=latents)
 
 
-def end_to_end(batch: int, steps: int, repeats: int) -> dict:
-    ours_model, theirs_model = dit_pair()
-    labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(0))
+def end_to_end(batch: int, steps: int, repeats: int, preset: str = "DiT-S/2") -> dict:
+    ours_model, theirs_model = dit_pair(preset)
+    labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(0)).to(device)
     schedule = get_schedule("linear")
     guided = cfg(Denoiser(ours_model, schedule, "eps"), 4.0, {"class_labels": labels},
                  {"class_labels": torch.full_like(labels, ours_model.null_class)})
 
     def ours():
         sigmas = schedule.sigmas(steps)
-        x = torch.randn(batch, 4, 32, 32) * (1 + float(sigmas[0]) ** 2) ** 0.5
+        x = torch.randn(batch, 4, 32, 32, device=device) * (1 + float(sigmas[0]) ** 2) ** 0.5
         return sample(guided, x, sigmas, "dpmpp_2m", progress=False)
 
     scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear")
@@ -140,7 +160,8 @@ def end_to_end(batch: int, steps: int, repeats: int) -> dict:
         return pipe(class_labels=labels.tolist(), guidance_scale=4.0, num_inference_steps=steps,
                     output_type="pt").images
 
-    times = paired_times({"ours": ours, "diffusers": theirs}, repeats, warmup=0, clock=clock)
+    warmup = int(device.type == "cuda")  # kernels' first-call set-up is not sampling
+    times = paired_times({"ours": synced(ours), "diffusers": synced(theirs)}, repeats, warmup=warmup, clock=clock)
     result = {k: statistics.median(v) for k, v in times.items()}
     result["ratio"] = statistics.median(a / b for a, b in zip(times["diffusers"], times["ours"]))
     print(result, flush=True)
@@ -150,34 +171,41 @@ def end_to_end(batch: int, steps: int, repeats: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cuda: the GPU tables (sampling-overhead-gpu section)")
     add_clock_option(parser)
     args = parser.parse_args()
     threads, load = pin_threads(), os.getloadavg()[0]
-    global clock
+    global clock, device
     clock = chosen_clock(parser, args, threads)
+    device = torch.device(args.device)
     rows = per_step(5 if args.quick else 21)
     batch, steps = (2, 5) if args.quick else (8, 25)
-    e2e = end_to_end(batch, steps, 1 if args.quick else 3)
+    presets = ["DiT-S/2", "DiT-XL/2"] if device.type == "cuda" else ["DiT-S/2"]
+    e2e = {p: end_to_end(batch, steps, 1 if args.quick else 3, p) for p in presets}
     if args.quick:
         return
-    command = f"BENCH_THREADS={threads} python benchmarks/sampling_overhead.py --clock {args.clock}"
+    gpu = device.type == "cuda"
+    command = (f"python benchmarks/sampling_overhead.py --device {args.device}" if gpu else
+               f"BENCH_THREADS={threads} python benchmarks/sampling_overhead.py --clock {args.clock}")
     per_step_table = table(["sampler", "our evaluations", "diffusers evaluations", "ours us/eval",
                             "ours bare sampler us/eval", "diffusers us/eval", "overhead diffusers/ours",
                             "diffusers/ours bare"], rows)
     e2e_table = table(["", "ours s", "diffusers DiTPipeline s", "latency diffusers/ours"],
-                      [[f"DiT-S/2, batch {batch}, CFG 4, {steps} steps", e2e["ours"], e2e["diffusers"],
-                        f"**{e2e['ratio']:.2f}x**"]])
-    update_section("sampling-overhead",
-                   f"Machine: {machine()}; load average {load:.1f} when the run started.\n\n"
-                   f"Command: `{command}`\n\n" + CPU_NOTE * (args.clock == "cpu") +
+                      [[f"{p}, batch {batch}, CFG 4, {steps} steps", r["ours"], r["diffusers"],
+                        f"**{r['ratio']:.2f}x**"] for p, r in e2e.items()])
+    machine_line = f"Machine: {machine()}" + ("" if gpu else f"; load average {load:.1f} when the run started")
+    update_section("sampling-overhead-gpu" if gpu else "sampling-overhead",
+                   f"{machine_line}.\n\nCommand: `{command}`\n\n" + CPU_NOTE * (args.clock == "cpu") +
                    f"**Per network evaluation**, {STEPS} steps on a {tuple(SHAPE)} tensor, trivial eps network "
                    f"(median of paired rounds):\n\n{per_step_table}\n\n"
                    "\"ours\" includes the `Denoiser` (eps -> x0, the conversion diffusers' `step` does "
                    "inside); \"bare\" is the sampler over a plain `D(x, sigma)`. diffusers' loop is "
                    "`set_timesteps`, then `scale_model_input`, network, `step` per timestep.\n\n"
                    f"**End to end** (decoding excluded on both sides: identity VAE for DiTPipeline, "
-                   f"latents for ours; random-init DiT-S/2, 32x32x4, labels from 10 classes of the "
-                   f"1000-class table DiTPipeline requires, DPM-Solver++(2M), linear schedule):\n\n{e2e_table}")
+                   f"latents for ours; random-init DiT, 32x32x4, labels from 10 classes of the "
+                   f"1000-class table DiTPipeline requires, DPM-Solver++(2M), linear schedule"
+                   f"{', float32 without TF32, every call ends with a device synchronize' if gpu else ''}):"
+                   f"\n\n{e2e_table}")
 
 
 if __name__ == "__main__":

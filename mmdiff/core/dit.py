@@ -287,7 +287,9 @@ class DiT(PretrainedMixin, nn.Module):
                                  f"(0..{self.config.num_classes - 1}, or {self.null_class} for none)")
             labels = class_labels.long()
             limit = self.config.num_classes + int(self.null_class is not None)
-            if labels.min() < 0 or labels.max() >= limit:
+            # Checked on the host only: on a GPU the check would wait for the device at every
+            # forward. Pipelines check labels on the host before moving them.
+            if labels.device.type == "cpu" and (labels.min() < 0 or labels.max() >= limit):
                 raise ValueError(f"class label out of range: got {labels.min().item()}..{labels.max().item()}, "
                                  f"the model knows 0..{limit - 1}")
             if self.training and self.null_class is not None:

@@ -21,8 +21,9 @@ def cfg(denoiser, scale: float, cond: dict, uncond: dict, *, rescale: float = 0.
     keys = [k for k in cond if cond[k] is not None]
 
     def guided(x: Tensor, sigma: Tensor, **extra) -> Tensor:
-        s = float(sigma.reshape(-1)[0])
-        if scale == 1.0 or (interval is not None and not interval[0] < s <= interval[1]):
+        # the level is read on the host only for an interval: on a GPU that read waits for the device
+        outside = interval is not None and not interval[0] < float(sigma.reshape(-1)[0]) <= interval[1]
+        if scale == 1.0 or outside:
             return denoiser(x, sigma, **cond, **extra)
         both = {k: torch.cat([cond[k], uncond[k]]) for k in keys}
         extra2 = {k: torch.cat([v, v]) if isinstance(v, Tensor) else v for k, v in extra.items()}

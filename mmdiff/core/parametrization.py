@@ -112,7 +112,7 @@ class Denoiser(nn.Module):
     def _coefficients(self, sigma: Tensor) -> tuple[Tensor, ...]:
         """``(c_skip, c_out, c_in, timestep)`` for levels ``sigma`` (1-D), float32 on its device."""
         coeffs = scalings(self.prediction, self.schedule, sigma, self.sigma_data)
-        timestep = self.schedule.timestep(sigma.double().cpu())
+        timestep = self.schedule.timestep(sigma.double())  # on sigma's device: no host round trip
         return tuple(c.to(sigma.device, torch.float32) for c in (*coeffs, timestep))
 
     def _inputs(self, x: Tensor, sigma: Tensor):

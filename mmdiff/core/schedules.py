@@ -155,6 +155,7 @@ class DiscreteSchedule(Schedule):
     # 2**-24 for the same reason, which makes sigma_max = 4096.
     terminal_alpha_bar: float = 2.0**-24
     table: Tensor = field(init=False, repr=False)
+    _tables: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self):
         betas = ddpm_betas(self.name, self.num_timesteps, self.beta_start, self.beta_end)
@@ -166,17 +167,29 @@ class DiscreteSchedule(Schedule):
         self.alphas_cumprod = alpha_bar
         self.table = ((1 - alpha_bar) / alpha_bar).sqrt()  # VE sigma per index, increasing
 
+    def table_on(self, device: torch.device) -> Tensor:
+        """The sigma table on ``device``, copied once: levels on a GPU convert there, without a
+        round trip through the host that would stall the GPU's queue at every sampler step."""
+        if device == self.table.device:
+            return self.table
+        if device not in self._tables:
+            self._tables[device] = self.table.to(device)
+        return self._tables[device]
+
     def sigma(self, t) -> Tensor:
         idx = _f64(t).clamp(0, 1) * (self.num_timesteps - 1)
+        table = self.table_on(idx.device)
         lo = idx.floor().long().clamp(max=self.num_timesteps - 2)
         w = idx - lo
-        return self.table[lo] * (1 - w) + self.table[lo + 1] * w
+        return table[lo] * (1 - w) + table[lo + 1] * w
 
     def t(self, sigma) -> Tensor:
-        sigma = _f64(sigma).clamp(self.table[0], self.table[-1])
-        hi = torch.searchsorted(self.table, sigma.contiguous()).clamp(1, self.num_timesteps - 1)
+        sigma = _f64(sigma)
+        table = self.table_on(sigma.device)
+        sigma = sigma.clamp(table[0], table[-1])
+        hi = torch.searchsorted(table, sigma.contiguous()).clamp(1, self.num_timesteps - 1)
         lo = hi - 1
-        w = (sigma - self.table[lo]) / (self.table[hi] - self.table[lo])
+        w = (sigma - table[lo]) / (table[hi] - table[lo])
         return (lo + w) / (self.num_timesteps - 1)
 
     def timestep(self, sigma) -> Tensor:
