@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU check in one call (~8 min on an H100): the CUDA tests, GPU sampling overhead, the
-# digits recipe trained and scored on the GPU, and the dit-train-gpu table. Each step has its own
-# time limit and a failing step does not stop the next. Logs and the rewritten docs/benchmarks.md
-# go to $OUT (default outputs/gpu).
+# The GPU checks in one call: the CUDA tests, GPU sampling overhead, each modality's recipe trained
+# on the GPU (digits and video scored), and the dit-train-gpu table. Each check has its own time
+# limit and a failing one does not stop the next. Logs and the rewritten docs/benchmarks.md go to
+# $OUT (default outputs/gpu).
 #
-#   bash benchmarks/gpu_check.sh
+#   bash benchmarks/gpu_check.sh                      # every check
+#   VIDEO_STEPS=2000 bash benchmarks/gpu_check.sh tests image text video
 #
 # Packages the machine lacks (diffusers, importlib_metadata, av) may travel as wheels in .whl/.
 set -u
@@ -28,10 +29,28 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
     tail -n "${TAIL:-6}" "$OUT/$name.log"
 }
 
-step tests 100 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step sampling 70 python3 benchmarks/sampling_overhead.py --device cuda
-step image_train 80 accelerate launch --config_file recipes/accelerate/single_gpu.yaml recipes/image_train.py \
-    --output_dir /tmp/gpu-digits --overwrite_output_dir
-step image_eval 50 python3 recipes/image_eval.py --model /tmp/gpu-digits/export
-TAIL=14 step dit_train 250 python3 benchmarks/dit_train.py --device cuda
+check_tests() { step tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py; }
+check_sampling() { step sampling 70 python3 benchmarks/sampling_overhead.py --device cuda; }
+check_image() {
+    step image_train 80 accelerate launch --config_file recipes/accelerate/single_gpu.yaml recipes/image_train.py \
+        --output_dir /tmp/gpu-digits --overwrite_output_dir
+    step image_eval 40 python3 recipes/image_eval.py --model /tmp/gpu-digits/export
+}
+check_text() {
+    step text_train 60 accelerate launch --config_file recipes/accelerate/single_gpu.yaml recipes/text_train.py \
+        --output_dir /tmp/gpu-text --overwrite_output_dir
+}
+check_video() {
+    local steps=${VIDEO_STEPS:-10000}
+    step video_train $((60 + steps / 25)) accelerate launch --config_file recipes/accelerate/single_gpu.yaml recipes/video_train.py \
+        --output_dir /tmp/gpu-video --overwrite_output_dir --max_steps "$steps" --checkpointing_steps "$steps" \
+        --validation_steps "$steps"
+    step video_eval 40 python3 recipes/video_eval.py --model /tmp/gpu-video/export --settings euler_ancestral:50 \
+        --i2v_clips 50
+}
+check_dit() { TAIL=14 step dit_train 250 python3 benchmarks/dit_train.py --device cuda; }
+
+for check in ${@:-tests sampling image text video dit}; do
+    "check_$check"
+done
 cp docs/benchmarks.md "$OUT/"

@@ -375,6 +375,7 @@ class Trainer:
                                       betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.ema = EMA(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, power=cfg.ema_power)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
+        self.ema.to(next(acc.unwrap_model(self.model).parameters()).device)
         self.sampler = sampler
         fresh_latest = cfg.resume_from_checkpoint == "latest" and not checkpoint_folders(self.output_dir)
         if cfg.resume_from_checkpoint and not fresh_latest:

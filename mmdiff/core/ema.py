@@ -23,6 +23,11 @@ class EMA:
                        if v.is_floating_point()}
         self.step = 0
 
+    def to(self, device) -> "EMA":
+        """Keep the average where the weights are (a model moved to a GPU after the EMA was made)."""
+        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
+        return self
+
     def decay_at(self, step: int) -> float:
         if self.warmup == "none":
             return self.decay

@@ -81,8 +81,9 @@ class TimeWarp(nn.Module):
 
     @torch.no_grad()
     def inverse(self, q: Tensor) -> Tensor:
-        """``u`` at which the normalised warp ``(F - offset) / total`` equals ``q`` in [0, 1]."""
-        h = self.heights().double()
+        """``u`` at which the normalised warp ``(F - offset) / total`` equals ``q`` in [0, 1], on
+        ``q``'s device (the host, for sampling grids and training levels)."""
+        h = self.heights().double().to(q.device)
         cdf = torch.cat([h.new_zeros(1), h.cumsum(0)]) / h.sum()
         q = q.double().clamp(0, 1)
         idx = (torch.searchsorted(cdf, q, right=True) - 1).clamp(0, self.bins - 1)
