@@ -5,7 +5,7 @@ configuration, and how far each step is from this machine's matmul ceiling.
                                                                  # the dit-train and machine-limit sections
     python benchmarks/dit_train.py --quick      # depth-6 only, no compile, prints only
     python benchmarks/dit_train.py --device cuda  # the GPU table (bf16, DiT-S/2, B/2, XL/2; ~3 min on
-                                                  # an H100), rewrites the dit-train-gpu section
+                                                  # an H200), rewrites the dit-train-gpu section
 
 Identical configuration: same width, depth, heads and patch, 32x32x4 latents, 1000 classes plus
 the null class (label dropout 0.1), learned sigma (8 output channels), LayerNorm eps 1e-6, tanh

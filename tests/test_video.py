@@ -309,6 +309,6 @@ def test_shipped_default_model_makes_the_requested_digits():
     videos = pipe(class_labels=labels, generator=0, progress=False, output_type="pt")  # the export's defaults
     assert videos.shape == (20, 16, 1, 16, 16)
     scores = video_scores(videos, torch.tensor(labels), box=8)  # the digit is 8x8 on the 16x16 canvas
-    # measured on 200 videos: 99.9% of frames right, 99% of videos one digit throughout
+    # measured on 200 videos: 99.8% of frames right, 97% of videos one digit throughout
     assert scores["accuracy"] > 0.95 and scores["identity_consistency"] >= 0.85, scores
     assert scores["mean_speed"] > 1.0, scores  # the digits move (data: 1.9 px/frame)
