@@ -8,6 +8,8 @@ import torch
 import mmdiff
 from mmdiff.core.dit import DiT
 from mmdiff.eval.digits import classify, video_scores
+from mmdiff.modalities.image import ImageArgs, ImageTask
+from mmdiff.training import TrainConfig, Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -75,3 +77,17 @@ def test_text_pipeline_writes_the_same_tokens_on_cuda():
     assert gpu.device.type == "cuda"
     same = (gpu.cpu() == cpu).float().mean().item()
     assert same >= 0.95, same  # a token whose two best logits tie within rounding may flip
+
+
+def test_trainer_trains_and_exports_on_cuda(tmp_path):
+    """The EMA average follows the weights to the GPU (it was made on the CPU before accelerate
+    moved the model, and the first update failed), and validation and export sample there."""
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=4, batch_size=16, validation_steps=2,
+                      checkpointing_steps=4, report_to="none", progress=False)
+    trainer = Trainer(ImageTask(ImageArgs(patch_size=2, hidden_size=32, depth=1, num_heads=2, sample_steps=3)), cfg)
+    export = trainer.train()
+    assert trainer.accelerator.device.type == "cuda"
+    assert {v.device.type for v in trainer.ema.shadow.values()} == {"cuda"}
+    pipe = mmdiff.pipeline("image", model=export, device="cuda")
+    images = pipe(class_labels=[1, 2], num_inference_steps=3, generator=0, output_type="pt", progress=False)
+    assert images.shape[0] == 2 and bool(torch.isfinite(images).all())

@@ -52,6 +52,17 @@ def test_item_augmentation_depends_on_epoch_and_index_only():
     assert len(set(first)) == 12  # different per index and per epoch
 
 
+def test_item_seeding_leaves_gpu_generators_alone(monkeypatch):
+    """Seeding an item touches the CPU generator only: torch.manual_seed would also reseed every
+    GPU's generator outside the fork (the training noise on a GPU), and where CUDA is not
+    initialised it queues that reseed with a traceback, ~0.5 ms per item."""
+    def forbidden(seed):
+        raise AssertionError("an item reseeded the GPU generators")
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", forbidden)
+    items = SeededItems([0.0] * 4, seed=3)
+    assert [items[k] for k in range(8)] == [0.0] * 8
+
+
 def test_train_exports_a_pipeline_that_samples(tmp_path):
     trainer, export = train(tmp_path, validation_steps=6, report_to="tensorboard")
     assert (tmp_path / "run" / "samples" / "step-00000006.png").is_file()
