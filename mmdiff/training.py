@@ -378,7 +378,7 @@ class Trainer:
                                       betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.ema = EMA(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, power=cfg.ema_power)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
-        self.ema.to(next(acc.unwrap_model(self.model).parameters()).device)
+        self.ema.to(next(self.bare_model.parameters()).device)
         self.sampler = sampler
         fresh_latest = cfg.resume_from_checkpoint == "latest" and not checkpoint_folders(self.output_dir)
         if cfg.resume_from_checkpoint and not fresh_latest:
@@ -469,7 +469,7 @@ class Trainer:
         cfg, state, acc = self.config, self.state, self.accelerator
         if finite:
             state.nonfinite_in_a_row = 0
-            self.ema.update(acc.unwrap_model(self.model))
+            self.ema.update(self.bare_model)
         else:
             state.nonfinite_in_a_row += 1
             warnings.warn(f"step {state.step}: non-finite loss, step skipped "
@@ -502,6 +502,18 @@ class Trainer:
 
     # --------------------------------------------------------------------- validation, export
     @property
+    def bare_model(self) -> torch.nn.Module:
+        """The model itself, without the distributed and ``torch.compile`` wrappers (whose state
+        dict keys carry an ``_orig_mod.`` prefix): what the EMA, validation and resume address."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
+    def full_state_dict(self) -> dict:
+        """Full weights, gathered on the main process (a collective under FSDP / ZeRO-3), keyed
+        as the bare model's."""
+        state = self.accelerator.get_state_dict(self.model)
+        return {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+
+    @property
     def sharded(self) -> bool:
         """Parameters split across ranks (FSDP, DeepSpeed): the main process alone cannot run or
         save the model, so the EMA weights are gathered into an unsharded copy first."""
@@ -511,15 +523,14 @@ class Trainer:
     def ema_model(self):
         """The model with the EMA weights, usable by the main process (None on other ranks);
         a collective call under FSDP/DeepSpeed."""
-        acc = self.accelerator
-        model = acc.unwrap_model(self.model)
+        model = self.bare_model
         if not self.sharded:
             with self.ema.averaged(model):
                 yield model.eval() if self.main else None
             model.train()
             return
         with self.ema.averaged(model):
-            state = acc.get_state_dict(self.model)  # full weights, gathered on the main process
+            state = self.full_state_dict()
         copy = None
         if self.main:
             copy = type(model)(model.config)  # models are built as cls(config)
@@ -574,7 +585,7 @@ class Trainer:
             staging.mkdir(parents=True)
         acc.wait_for_everyone()
         torch.save(rng_state(), staging / f"rank-{acc.process_index}.pt")  # each rank's own RNG
-        model_state = acc.get_state_dict(self.model)  # collective under FSDP / ZeRO-3
+        model_state = self.full_state_dict()
         acc.wait_for_everyone()
         if self.main:
             try:
@@ -625,7 +636,7 @@ class Trainer:
         if changes:
             self.log("resuming with changed options (applied from now on): " + "; ".join(changes))
         tensors, _ = load_tensors(folder / "model.safetensors")
-        acc.unwrap_model(self.model).load_state_dict(tensors)
+        self.bare_model.load_state_dict(tensors)
         ema, meta = load_tensors(folder / "ema.safetensors")
         self.ema.load_state_dict({"shadow": ema, "step": int(meta.get("step", 0))})
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))

@@ -76,6 +76,28 @@ def test_train_exports_a_pipeline_that_samples(tmp_path):
     assert torch.equal(exported["x_embedder.weight"], ema["x_embedder.weight"])
 
 
+@pytest.mark.slow
+def test_compiled_training_checkpoints_and_resumes_with_plain_keys(tmp_path, monkeypatch):
+    """`accelerate launch --dynamo_backend inductor` wraps the model in torch.compile, whose state
+    dict keys carry an `_orig_mod.` prefix; the EMA, checkpoints, export and resume address the
+    bare model (the EMA update failed with a KeyError before)."""
+    from accelerate.state import AcceleratorState
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
+    AcceleratorState._reset_state()  # the launcher's settings are read when the shared state is made
+    trainer, export = train(tmp_path, max_steps=3)
+    assert trainer.model is not trainer.bare_model  # compiled
+    saved = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000003" / "model.safetensors"))
+    assert saved.keys() == trainer.bare_model.state_dict().keys()
+    assert torch.equal(saved["x_embedder.weight"], trainer.bare_model.state_dict()["x_embedder.weight"].cpu())
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND")  # resumed without compile: the same checkpoint
+    AcceleratorState._reset_state()
+    resumed, _ = train(tmp_path, max_steps=4, resume_from_checkpoint="latest")
+    assert resumed.model is resumed.bare_model
+    assert resumed.state.step == 4
+    assert mmdiff.pipeline("image", model=export)(class_labels=[1], num_inference_steps=2, generator=0,
+                                                  progress=False)
+
+
 def test_resume_is_bitwise_identical(tmp_path):
     straight, _ = train(tmp_path / "a", max_steps=6)
     first, _ = train(tmp_path / "b", max_steps=3)
