@@ -50,6 +50,27 @@ def median_time(fn, *, warmup: int = 2, repeats: int = 5, sync=None) -> float:
     return statistics.median(times)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for a GPU's queued work, so that a host clock times it (nothing to wait for on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def diffusers_dit(preset: str, *, out_channels: int, depth: int | None = None, in_channels: int = 4,
+                  sample_size: int = 32, num_classes: int = 1000):
+    """diffusers' ``DiTTransformer2DModel`` with the shape of our DiT ``preset`` (the paper's
+    LayerNorm eps 1e-6), built on the current default device."""
+    from diffusers import DiTTransformer2DModel
+
+    from mmdiff.core.dit import PRESETS
+    shape = PRESETS[preset]
+    heads = shape["num_heads"]
+    return DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=shape["hidden_size"] // heads,
+                                 in_channels=in_channels, out_channels=out_channels,
+                                 num_layers=depth or shape["depth"], sample_size=sample_size,
+                                 patch_size=shape["patch"], num_embeds_ada_norm=num_classes, norm_eps=1e-6)
+
+
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: not inflated by other jobs
 
 

@@ -50,8 +50,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import mmdiff.core.dit as dit
-from common import (CLOCKS, add_clock_option, chosen_clock, machine, paired_times, pin_threads, table,
-                    update_section)
+from common import (CLOCKS, add_clock_option, chosen_clock, diffusers_dit, machine, paired_times, pin_threads,
+                    synchronize, table, update_section)
 
 aten = torch.ops.aten
 LATENT, CHANNELS, CLASSES, OUT_CHANNELS = 32, 4, 1000, 8
@@ -89,13 +89,9 @@ def build_ours(case: Case) -> dit.DiT:
 
 
 def build_diffusers(case: Case) -> DiTTransformer2DModel:
-    preset = dit.PRESETS[case.preset]
-    heads = preset["num_heads"]
     with device:
-        return DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=preset["hidden_size"] // heads,
-                                     in_channels=CHANNELS, out_channels=OUT_CHANNELS,
-                                     num_layers=case.depth or preset["depth"], sample_size=LATENT,
-                                     patch_size=preset["patch"], num_embeds_ada_norm=CLASSES, norm_eps=1e-6)
+        return diffusers_dit(case.preset, out_channels=OUT_CHANNELS, depth=case.depth, in_channels=CHANNELS,
+                             sample_size=LATENT, num_classes=CLASSES)
 
 
 def forward_fn(model):
@@ -128,11 +124,6 @@ class Trainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         synchronize(self.device)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 clock = CLOCKS["wall"]

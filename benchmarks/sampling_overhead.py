@@ -28,12 +28,12 @@ import statistics
 from types import SimpleNamespace
 
 import torch
-from diffusers import (DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
+from diffusers import (DDIMScheduler, DiTPipeline, DPMSolverMultistepScheduler,
                        EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler)
 
-from common import (CLOCKS, add_clock_option, chosen_clock, machine, paired_times, pin_threads, table,
-                    update_section)
-from mmdiff.core.dit import PRESETS, DiT
+from common import (CLOCKS, add_clock_option, chosen_clock, diffusers_dit, machine, paired_times, pin_threads,
+                    synchronize, table, update_section)
+from mmdiff.core.dit import DiT
 from mmdiff.core.guidance import cfg
 from mmdiff.core.parametrization import Denoiser
 from mmdiff.core.samplers import evaluations, sample
@@ -60,7 +60,7 @@ def synced(fn):
 
     def run():
         out = fn()
-        torch.cuda.synchronize()
+        synchronize(device)
         return out
     return run
 
@@ -118,13 +118,9 @@ def per_step(repeats: int) -> list[list]:
 
 def dit_pair(preset: str = "DiT-S/2", seed: int = 0):
     torch.manual_seed(seed)
-    shape = PRESETS[preset]
-    heads = shape["num_heads"]
     with device:
         ours = DiT.from_preset(preset, in_channels=4, input_size=32, num_classes=1000).eval()
-        theirs = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=shape["hidden_size"] // heads,
-                                       in_channels=4, out_channels=4, num_layers=shape["depth"], sample_size=32,
-                                       patch_size=shape["patch"], num_embeds_ada_norm=1000, norm_eps=1e-6).eval()
+        theirs = diffusers_dit(preset, out_channels=4).eval()
     return ours, theirs
 
 
