@@ -191,12 +191,26 @@ def test_given_frames_come_back_exactly(pipe):
     guided = pipe(class_labels=[2, 5], first_frame=first, num_inference_steps=3, guidance_scale=2.5,
                   progress=False, output_type="pt")
     assert torch.equal(guided[:, 0], first)
-    # any set of frames, in a clip shorter than trained; no labels: unconditional (null class)
+    # any set of frames, in a clip shorter than trained; no labels: the class is inferred from them
     middle = torch.rand(1, 16, 16) * 2 - 1
     out = pipe(given_frames={0: first, 3: middle}, num_frames=6, num_inference_steps=3, progress=False,
                output_type="pt")
     assert out.shape == (2, 6, 1, 16, 16)
     assert torch.equal(out[:, 0], first) and torch.equal(out[:, 3], middle.expand(2, 1, 16, 16))
+
+
+def test_unlabelled_given_frames_use_the_inferred_class_or_the_null_label(pipe):
+    first, last = torch.rand(3, 1, 16, 16) * 2 - 1, torch.rand(3, 1, 16, 16) * 2 - 1
+    kw = dict(num_inference_steps=3, generator=0, progress=False, output_type="pt")
+    log_probs = pipe.classify(first) + pipe.classify(last)  # frames scored independently, summed
+    assert log_probs.shape == (3, 10) and torch.allclose(pipe.classify(first).exp().sum(1), torch.ones(3))
+    inferred = pipe(given_frames={0: first, 7: last}, **kw)
+    labelled = pipe(class_labels=log_probs.argmax(1).tolist(), given_frames={0: first, 7: last}, **kw)
+    assert torch.equal(inferred, labelled)  # same labels, the export's guidance
+    null = pipe(given_frames={0: first, 7: last}, infer_label=False, **kw)
+    assert torch.equal(null[:, 0], first) and not torch.equal(null, inferred)
+    assert torch.equal(pipe.classify(first), pipe.classify(first))  # deterministic (fixed seed)
+    assert not torch.equal(pipe.classify(first, seed=1), pipe.classify(first))
 
 
 def test_first_frame_as_pil_image(pipe):
@@ -214,6 +228,8 @@ def test_bad_calls_name_the_problem(pipe):
         pipe(class_labels=[1], given_frames={8: torch.zeros(1, 16, 16)}, progress=False)
     with pytest.raises(ValueError, match="has 2 images for 3 videos"):
         pipe(class_labels=[1, 2, 3], first_frame=torch.zeros(2, 1, 16, 16), progress=False)
+    with pytest.raises(ValueError, match="have 2 images for 3 videos"):
+        pipe(num_videos=3, first_frame=torch.zeros(2, 1, 16, 16), progress=False)
     with pytest.raises(ValueError, match="output_type"):
         pipe(class_labels=[1], output_type="np", progress=False)
 
@@ -312,3 +328,18 @@ def test_shipped_default_model_makes_the_requested_digits():
     # measured on 200 videos: 99.8% of frames right, 97% of videos one digit throughout
     assert scores["accuracy"] > 0.95 and scores["identity_consistency"] >= 0.85, scores
     assert scores["mean_speed"] > 1.0, scores  # the digits move (data: 1.9 px/frame)
+
+
+def test_shipped_model_continues_an_unlabelled_first_frame_with_its_digit():
+    """Image-to-video without a label: the pipeline reads the class off the given frame with the
+    model's own likelihood, then generates for it. Measured on 300 / 100 held-out clips: the class
+    inferred right for 95% / 93%, 96.8% of generated frames read as the given digit (docs/video.md)."""
+    from recipes.video_eval import held_out
+    pipe = mmdiff.pipeline("video")
+    real, labels = held_out(pipe, 20, 16)
+    inferred = pipe.classify(real[:, 0]).argmax(-1)
+    assert (inferred == labels).float().mean() >= 0.8, (inferred, labels)
+    clips = pipe(first_frame=real[:, 0], generator=0, progress=False, output_type="pt")
+    assert torch.equal(clips[:, 0], real[:, 0])
+    scores = video_scores(clips, labels, box=8)
+    assert scores["accuracy"] >= 0.8, scores  # chance is 0.1; without inference ~0.2

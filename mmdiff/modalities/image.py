@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..core.likelihood import class_log_likelihoods
 from ..core.patch import PatchConfig
 from ..data.images import build_image_dataset, pil_to_tensor
 from ..media import save_image_grid, to_pil
@@ -178,6 +179,36 @@ class ImagePipeline(Pipeline):
         channels = self.autoencoder.image_channels
         x = x[:, :channels] if x.shape[1] >= channels else x.expand(-1, channels, -1, -1)
         return self.autoencoder.encode(x.to(self.device), sample=False).float()
+
+    @torch.no_grad()
+    def classify(self, images, *, levels: int = 12, draws: int = 4, sigma_range: tuple[float, float] = (0.2, 3.0),
+                 weighting: str = "elbo", seed: int = 0) -> torch.Tensor:
+        """The model's posterior over its classes (B, K) for given images (PIL, a list of them or a
+        tensor in [-1, 1]), uniform prior: each class's diffusion ELBO (``core.likelihood``) on
+        ``levels`` log-spaced noise levels in ``sigma_range`` (times ``sigma_data``) with ``draws``
+        noises per level, the same noises for every class. Deterministic for a given ``seed``."""
+        latents = self._image_latents(images, (self._batch_of(images) or 1, *self.latent_shape()))
+        return self._class_log_probs(latents, levels=levels, draws=draws, sigma_range=sigma_range,
+                                     weighting=weighting, seed=seed)
+
+    def _class_log_probs(self, x0, *, levels, draws, sigma_range, weighting, seed) -> torch.Tensor:
+        """Posterior over classes for model-shaped clean latents ``x0``."""
+        n = self.model.config.num_classes
+        if not n:
+            raise ValueError("this model is unconditional: it has no classes to score")
+        lo, hi = (s * self.config.sigma_data for s in sigma_range)
+        scores = class_log_likelihoods(self.denoiser(), x0, n, sigma_min=lo, sigma_max=hi, levels=levels,
+                                       draws=draws, weighting=weighting,
+                                       generator=torch.Generator().manual_seed(seed))
+        return scores.log_softmax(-1).float()
+
+    @staticmethod
+    def _batch_of(image) -> int | None:
+        if isinstance(image, list):
+            return len(image)
+        if isinstance(image, torch.Tensor) and image.ndim == 4:
+            return len(image)
+        return None
 
     @torch.no_grad()
     def __call__(self, class_labels=None, *, prompt: str | list[str] | None = None, num_images: int | None = None,

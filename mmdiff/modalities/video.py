@@ -206,6 +206,10 @@ class VideoPipeline(ImagePipeline):
                              + f", got {num_frames}")
         return (num_frames, pc.channels, h, w)
 
+    def _class_log_probs(self, x0, **options) -> torch.Tensor:
+        """Frames (B, c, h, w) are scored as one-frame clips."""
+        return super()._class_log_probs(x0[:, None], **options)
+
     def _given(self, given_frames: dict, shape: tuple[int, ...]):
         """{frame index: image(s)} -> (known latents, mask) shaped like the latent batch."""
         known, mask = torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device)
@@ -220,24 +224,18 @@ class VideoPipeline(ImagePipeline):
             mask[:, index] = 1
         return known, mask
 
-    @staticmethod
-    def _batch_of(image) -> int | None:
-        if isinstance(image, list):
-            return len(image)
-        if isinstance(image, torch.Tensor) and image.ndim == 4:
-            return len(image)
-        return None
-
     @torch.no_grad()
     def __call__(self, class_labels=None, *, num_videos: int | None = None, num_frames: int | None = None,
                  first_frame=None, given_frames: dict | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, guidance_rescale: float = 0.0, sampler: str | None = None,
                  spacing: str | None = None, generator=None, output_type: str = "pil", progress: bool = True,
-                 **sampler_options):
+                 infer_label: bool = True, **sampler_options):
         """``class_labels`` (ints or class names) or ``num_videos`` (unconditional). ``first_frame``
         (a PIL image, a list of them, or a tensor (C, H, W) / (B, C, H, W) in [-1, 1]) or
-        ``given_frames={index: image, ...}`` are kept as given and the rest is generated; without
-        labels a class-conditional model then samples unconditionally. ``num_frames`` may be any
+        ``given_frames={index: image, ...}`` are kept as given and the rest is generated. Given
+        frames without labels: a class-conditional model first infers each video's class from them
+        (``classify``, the model's own likelihood) and generates for it, or with
+        ``infer_label=False`` samples with the null label, unguided. ``num_frames`` may be any
         length up to the trained one. Returns a ``VideoOutput`` (``.frames``, ``.videos``,
         ``.save``), or the (B, T, C, H, W) tensor with ``output_type="pt"``."""
         if output_type not in ("pil", "pt"):
@@ -252,6 +250,14 @@ class VideoPipeline(ImagePipeline):
             raise ValueError(f"given frames come in different batch sizes {sorted(sizes)}")
         num_videos = num_videos or (sizes.pop() if sizes else None)
         null = self.model.null_class
+        if class_labels is None and given_frames and self.model.config.num_classes and infer_label:
+            # the network alone barely carries a moving digit's shape from a given frame to the
+            # others (docs/video.md); its class-conditional path does, so decide the class first
+            log_probs = sum(self.classify(image) for image in given_frames.values())
+            n = num_videos or len(log_probs)
+            if len(log_probs) not in (1, n):
+                raise ValueError(f"given frames have {len(log_probs)} images for {n} videos")
+            class_labels = log_probs.argmax(-1).expand(n).tolist()
         if class_labels is None and given_frames and null is not None:
             # image-to-video without a label: the null class, and no guidance (cond == uncond)
             labels = torch.full((num_videos or 1,), null, device=self.device)
