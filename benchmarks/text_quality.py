@@ -3,6 +3,8 @@
     python benchmarks/text_quality.py markov --diffusion runs/text-markov/export --ar runs/text-markov-ar/export
     python benchmarks/text_quality.py docstrings --diffusion runs/text-docstrings/export \
         --ar runs/text-docstrings-ar/export
+    python benchmarks/text_quality.py temperature --diffusion runs/text-docstrings/export \
+        --ar runs/text-docstrings-ar/export
     python benchmarks/text_quality.py throughput --diffusion runs/text-docstrings/export \
         --ar runs/text-docstrings-ar/export
 
@@ -10,6 +12,7 @@
 samples' unigram entropy vs the data's, for 8-128 steps and four samplers, next to AR samples.
 ``docstrings``: held-out perplexity of the AR baseline; generative perplexity (under the AR
 baseline) of diffusion and AR samples; unigram entropy and distinct-2/3 vs held-out text.
+``temperature``: the same scores for colder sampling (both models), to compare at matching entropy.
 ``throughput``: training and sampling tokens/s at equal model size. Each part rewrites its own
 block of the ``text-quality`` / ``text-throughput`` sections of docs/benchmarks.md.
 """
@@ -36,6 +39,7 @@ MARKOV_STEPS = (8, 16, 32, 64, 128)
 SAMPLERS = ("euler", "heun", "dpmpp_2m", "unipc")
 STOCHASTIC = ("euler_ancestral", "dpmpp_2m_sde")  # extra rows at 64 steps: the best samplers on text
 GAP_SIGMAS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 20.0)
+TEMPERATURES = (1.0, 0.7, 0.5, 0.3)
 
 
 def command(part: str, args) -> str:
@@ -64,7 +68,7 @@ def load_avg() -> str:
 def write_block(name: str, markdown: str) -> None:
     """Rewrite block ``name`` inside its section, creating the section skeleton when missing."""
     section = name.rsplit("-", 1)[0]
-    blocks = {"text-quality": ("text-quality-markov", "text-quality-docstrings"),
+    blocks = {"text-quality": ("text-quality-markov", "text-quality-docstrings", "text-quality-temperature"),
               "text-throughput": ("text-throughput-numbers",)}[section]
     if f"<!-- BEGIN {section} -->" not in (DOC.read_text() if DOC.exists() else ""):
         title = {"text-quality": "## Text: continuous diffusion vs autoregressive (quality)",
@@ -189,6 +193,27 @@ def docstrings(args) -> str:
     return md
 
 
+def temperature(args) -> str:
+    """Colder sampling on python-docstrings: generative perplexity against unigram entropy for the
+    diffusion model (the score interpolation's softmax temperature) and the AR baseline (its
+    sampling temperature), so the two can be compared at matching entropy."""
+    diff, ar = load(args.diffusion), load(args.ar)
+    rows = []
+    for tau in TEMPERATURES:
+        for name, pipe, kw in (("diffusion", diff, {"num_inference_steps": args.sample_steps, "sampler": "dpmpp_2m"}),
+                               ("AR baseline", ar, {})):
+            s = text_scores(generate(pipe, args.num_samples, seed=args.seed, temperature=tau, **kw), pipe, ar)
+            rows.append([name, tau, s["gen_ppl"], s["entropy"], s["distinct2"]])
+            print(rows[-1], flush=True)
+    md = (f"**Temperature** (python-docstrings): {args.num_samples} samples of {diff.max_length} tokens per row, "
+          f"diffusion with dpmpp_2m {args.sample_steps} steps, scored by the AR baseline. Models: `{args.diffusion}`, "
+          f"`{args.ar}`.\n\n"
+          + table(["samples", "temperature", "gen. perplexity", "unigram entropy", "distinct-2"], rows)
+          + f"\n\n{machine()}; {load_avg()} at the end of the run.\n\nCommand: {command('temperature', args)}")
+    write_block("text-quality-temperature", md)
+    return md
+
+
 def throughput(args) -> str:
     """Training step (forward, backward, AdamW) and sampling, diffusion vs AR, alternated so that
     both see the same machine load."""
@@ -244,7 +269,7 @@ def throughput(args) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["markov", "docstrings", "throughput"])
+    parser.add_argument("part", choices=["markov", "docstrings", "temperature", "throughput"])
     parser.add_argument("--diffusion", required=True)
     parser.add_argument("--ar", required=True)
     parser.add_argument("--num_samples", type=int, default=None)
@@ -255,9 +280,10 @@ def main(argv=None):
     parser.add_argument("--sample_steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args(argv)
-    args.num_samples = args.num_samples or {"markov": 128, "docstrings": 64, "throughput": 0}[args.part]
+    args.num_samples = args.num_samples or {"markov": 128, "docstrings": 64, "temperature": 64, "throughput": 0}[args.part]
     pin_threads()
-    print({"markov": markov, "docstrings": docstrings, "throughput": throughput}[args.part](args))
+    parts = {"markov": markov, "docstrings": docstrings, "temperature": temperature, "throughput": throughput}
+    print(parts[args.part](args))
 
 
 if __name__ == "__main__":

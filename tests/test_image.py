@@ -136,7 +136,7 @@ def test_shipped_model_classifies_held_out_digits_by_its_own_likelihood():
     log_probs = pipe.classify(images[:30])
     assert torch.allclose(log_probs.exp().sum(1), torch.ones(30), atol=1e-5)
     assert (log_probs.argmax(1) == labels[:30]).float().mean() >= 0.9
-    assert torch.equal(pipe.classify(images[:2], seed=0), pipe.classify(images[:2], seed=0))
+    assert torch.allclose(pipe.classify(images[3:5], seed=0), log_probs[3:5], atol=1e-5)  # whatever the batch
 
 
 def test_unconditional_run_with_a_guidance_default_validates_and_exports_unguided(tmp_path):

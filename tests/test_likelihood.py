@@ -31,7 +31,7 @@ def test_elbo_gives_the_exact_log_density_differences_between_classes():
     exact = torch.stack([p.log_prob(x0.double()) for p in parts], 1)
     est = class_log_likelihoods(denoise, x0, 3, sigma_min=1e-3, sigma_max=1e3, levels=64, draws=16, generator=g)
     d_exact, d_est = exact - exact[:, :1], est - est[:, :1]
-    # measured: within 3% (differences of 12-225 nats); the truncated range and the draws are the error
+    # measured: within ~2 nats of differences of 12-225 nats; the truncated range and the draws are the error
     assert torch.allclose(d_est, d_exact, rtol=0.05, atol=1.0), torch.stack([d_est, d_exact], -1)
     assert torch.equal(est.argmax(1), exact.argmax(1))
 
@@ -40,11 +40,11 @@ def test_posterior_of_close_classes_matches_bayes():
     """Two overlapping 2-D Gaussians: the softmax of the estimates is the Bayes posterior."""
     mix = GaussianMixture(torch.tensor([[0.0, 0.0], [1.0, 0.5]]), torch.tensor([0.5, 0.3]))
     denoise, parts = class_denoiser(mix)
-    g = torch.Generator().manual_seed(1)
-    x0 = mix.sample(200, generator=g).float()
+    x0 = mix.sample(200, generator=torch.Generator().manual_seed(1)).float()
     exact = torch.stack([p.log_prob(x0.double()) for p in parts], 1).softmax(1)[:, 1]
-    est = class_log_likelihoods(denoise, x0, 2, sigma_min=1e-3, sigma_max=1e3, levels=48, draws=16,
-                                generator=g).softmax(1)[:, 1]
+    est = class_log_likelihoods(denoise, x0, 2, sigma_min=1e-3, sigma_max=1e3, levels=48, draws=64,
+                                generator=torch.Generator().manual_seed(0)).softmax(1)[:, 1]
+    # measured 0.010-0.016 over three noise seeds (the batch shares one noise, so one seed is one draw)
     assert (est - exact).abs().mean() < 0.03, (est - exact).abs().mean()
     assert ((est > 0.5) == (exact > 0.5)).float().mean() > 0.95
 

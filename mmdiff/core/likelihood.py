@@ -8,7 +8,7 @@ secretly a zero-shot classifier"; Clark & Jaini 2023): for VE noising ``x = x0 +
 where ``C`` does not depend on ``y`` and the equality holds when ``D`` is the exact denoiser (the
 continuous-time bound is tight for the exact score). The estimate below takes a log-spaced grid of
 levels, the same noise for every class (so the class differences are far less noisy than each
-term) and midpoint weights in log sigma. Pipelines use it to infer the label of a given image or
+term) and for every sample of a batch (so a sample's result does not depend on its batch) and midpoint weights in log sigma. Pipelines use it to infer the label of a given image or
 given video frames; ``weighting="uniform"`` (equal weight per level) is the paper's alternative.
 """
 from __future__ import annotations
@@ -49,8 +49,9 @@ def class_log_likelihoods(denoiser, x0: Tensor, num_classes: int, *, sigma_min: 
     chunk = max(1, max_batch // k) * k
     for sigma, weight in zip(sigmas.tolist(), weights.tolist()):
         for _ in range(draws):
-            eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
-            noisy = clean + sigma * eps.repeat_interleave(k, 0)
+            # one noise for the whole batch: a sample's scores do not depend on what it is batched with
+            eps = torch.randn(x0.shape[1:], generator=generator, dtype=torch.float32).to(x0.device)
+            noisy = clean + sigma * eps
             level = torch.full((b * k,), sigma, device=x0.device)
             err = torch.cat([
                 (denoiser(noisy[i:i + chunk], level[i:i + chunk], **{label_key: labels[i:i + chunk]},

@@ -296,9 +296,16 @@ class ScoreInterpolation:
     def __init__(self, model: TextModel):
         self.model, self.prev, self.last_logits = model, None, None
 
-    def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, temperature: float = 1.0, **cond) -> Tensor:
+        """``temperature`` sharpens the softmax (0: the argmax token's embedding)."""
         prev = self.prev if self.prev is not None and self.prev.shape == x.shape else None
         x0, self.last_logits = self.model.denoise(x, sigma, prev, **cond)
+        if temperature != 1.0:
+            logits = self.last_logits.float()
+            if temperature == 0:
+                x0 = self.model.embeddings()[logits.argmax(-1)]
+            else:
+                x0 = self.model.score_interpolation(logits / temperature)
         if self.model.config.self_conditioning:
             self.prev = x0
         return x0.to(x.dtype)
@@ -594,7 +601,11 @@ class TextPipeline(Pipeline):
                      progress: bool = False, **sampler_options) -> Tensor:
         """Token ids (B, L): positions where ``given`` is true keep ``ids``; rows are ``lengths``
         long (attention-masked beyond). Without ``ids``: ``num_samples`` rows of ``length`` tokens,
-        starting with the tokenizer's ``bos`` when it has one."""
+        starting with the tokenizer's ``bos`` when it has one. ``temperature`` < 1 samples colder:
+        the AR model's token draws, or the diffusion denoiser's score interpolation
+        ``softmax(logits / temperature) @ E`` (0: greedy / the argmax token's embedding)."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
         if ids is None:
             n, L = num_samples or 1, length or self.max_length
             ids = torch.full((n, L), self.tokenizer.pad_id, dtype=torch.long)
@@ -612,6 +623,8 @@ class TextPipeline(Pipeline):
             return self._autoregress(ids, given, mask, generator, temperature, progress)
         E = self.model.embeddings()
         cond = {} if bool(mask.all()) else {"attention_mask": mask}
+        if temperature != 1.0:
+            cond["temperature"] = temperature
         keep = {}
         if bool(given.any()):
             keep = dict(known=E[ids], mask=given[..., None].expand(B, L, E.shape[1]).float(), mask_kwarg="given")
