@@ -7,8 +7,9 @@ secretly a zero-shot classifier"; Clark & Jaini 2023): for VE noising ``x = x0 +
 
 where ``C`` does not depend on ``y`` and the equality holds when ``D`` is the exact denoiser (the
 continuous-time bound is tight for the exact score). The estimate below takes a log-spaced grid of
-levels, the same noise for every class (so the class differences are far less noisy than each
-term) and for every sample of a batch (so a sample's result does not depend on its batch) and midpoint weights in log sigma. Pipelines use it to infer the label of a given image or
+levels with midpoint weights in log sigma, and the same noise for every class (so the class
+differences are far less noisy than each term) and for every sample of a batch (so a sample's
+result does not depend on its batch). Pipelines use it to infer the label of a given image or of
 given video frames; ``weighting="uniform"`` (equal weight per level) is the paper's alternative.
 """
 from __future__ import annotations

@@ -186,14 +186,18 @@ class TextModel(PretrainedMixin, nn.Module):
         dtype = self.embedding.dtype
         return self.dit(x_in.to(dtype), timestep, given=g, attention_mask=attention_mask)
 
-    def score_interpolation(self, logits: Tensor) -> Tensor:
-        """``x0_hat = softmax(logits) @ E`` (B, L, D) in float32."""
-        return torch.softmax(logits.float(), dim=-1) @ self.embeddings()
+    def score_interpolation(self, logits: Tensor, temperature: float = 1.0) -> Tensor:
+        """``x0_hat = softmax(logits / temperature) @ E`` (B, L, D) in float32; temperature 0: the
+        argmax token's embedding."""
+        if temperature == 0:
+            return self.embeddings()[logits.argmax(-1)]
+        return torch.softmax(logits.float() / temperature, dim=-1) @ self.embeddings()
 
-    def denoise(self, x: Tensor, sigma: Tensor, self_cond: Tensor | None = None, **cond) -> tuple[Tensor, Tensor]:
+    def denoise(self, x: Tensor, sigma: Tensor, self_cond: Tensor | None = None, temperature: float = 1.0,
+                **cond) -> tuple[Tensor, Tensor]:
         """``(x0_hat, logits)``; ``cond``: ``given``, ``attention_mask``."""
         logits = self.logits(x, sigma, self_cond, **cond)
-        return self.score_interpolation(logits), logits
+        return self.score_interpolation(logits, temperature), logits
 
     def training_sigmas(self, n: int, device) -> tuple[Tensor, Tensor]:
         """Noise levels (n,) for a batch and their warp coordinate ``u``."""
@@ -296,16 +300,9 @@ class ScoreInterpolation:
     def __init__(self, model: TextModel):
         self.model, self.prev, self.last_logits = model, None, None
 
-    def __call__(self, x: Tensor, sigma: Tensor, temperature: float = 1.0, **cond) -> Tensor:
-        """``temperature`` sharpens the softmax (0: the argmax token's embedding)."""
+    def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         prev = self.prev if self.prev is not None and self.prev.shape == x.shape else None
         x0, self.last_logits = self.model.denoise(x, sigma, prev, **cond)
-        if temperature != 1.0:
-            logits = self.last_logits.float()
-            if temperature == 0:
-                x0 = self.model.embeddings()[logits.argmax(-1)]
-            else:
-                x0 = self.model.score_interpolation(logits / temperature)
         if self.model.config.self_conditioning:
             self.prev = x0
         return x0.to(x.dtype)
