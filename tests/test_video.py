@@ -232,7 +232,7 @@ def test_bad_calls_name_the_problem(pipe):
         pipe(class_labels=[1], given_frames={8: torch.zeros(1, 16, 16)}, progress=False)
     with pytest.raises(ValueError, match="has 2 images for 3 videos"):
         pipe(class_labels=[1, 2, 3], first_frame=torch.zeros(2, 1, 16, 16), progress=False)
-    with pytest.raises(ValueError, match="have 2 images for 3 videos"):
+    with pytest.raises(ValueError, match="given frame 0 has 2 images for 3 videos"):
         pipe(num_videos=3, first_frame=torch.zeros(2, 1, 16, 16), progress=False)
     with pytest.raises(ValueError, match="output_type"):
         pipe(class_labels=[1], output_type="np", progress=False)

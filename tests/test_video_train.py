@@ -68,8 +68,7 @@ def test_short_training_run_learns_moving_digits(tmp_path):
 def test_image_to_video_without_a_label_copies_a_still_digit(tmp_path):
     """The given-frame path end to end: trained on still digits (``--max_speed 0``), the model
     continues an unlabelled held-out first frame with the same digit, the network alone (no label
-    inference). Measured (400 steps, 30 s on
-    one thread): 99.5% of 50 clips' frames read as the given digit's class, MSE to it 0.0036. With
+    inference). Measured (400 steps, 30 s on one thread): 99.5% of 50 clips' frames read as the given digit's class, MSE to it 0.0036. With
     moving digits this copy needs motion compensation, which the default recipe has not learned
     (without the pipeline's label inference, image-to-video is at chance, docs/video.md)."""
     torch.set_num_threads(1)

@@ -49,11 +49,11 @@ def class_log_likelihoods(denoiser, x0: Tensor, num_classes: int, *, sigma_min: 
     total = torch.zeros(b, k, dtype=torch.float64, device=x0.device)
     chunk = max(1, max_batch // k) * k
     for sigma, weight in zip(sigmas.tolist(), weights.tolist()):
+        level = torch.full((b * k,), sigma, device=x0.device)
         for _ in range(draws):
             # one noise for the whole batch: a sample's scores do not depend on what it is batched with
             eps = torch.randn(x0.shape[1:], generator=generator, dtype=torch.float32).to(x0.device)
             noisy = clean + sigma * eps
-            level = torch.full((b * k,), sigma, device=x0.device)
             err = torch.cat([
                 (denoiser(noisy[i:i + chunk], level[i:i + chunk], **{label_key: labels[i:i + chunk]},
                           **{key: v[i:i + chunk] if isinstance(v, Tensor) else v for key, v in cond.items()})

@@ -181,13 +181,15 @@ class ImagePipeline(Pipeline):
         return self.autoencoder.encode(x.to(self.device), sample=False).float()
 
     @torch.no_grad()
-    def classify(self, images, *, levels: int = 12, draws: int = 4, sigma_range: tuple[float, float] = (0.2, 3.0),
-                 weighting: str = "elbo", seed: int = 0) -> torch.Tensor:
+    def classify(self, images=None, *, latents: torch.Tensor | None = None, levels: int = 12, draws: int = 4,
+                 sigma_range: tuple[float, float] = (0.2, 3.0), weighting: str = "elbo", seed: int = 0) -> torch.Tensor:
         """The model's posterior over its classes (B, K) for given images (PIL, a list of them or a
-        tensor in [-1, 1]), uniform prior: each class's diffusion ELBO (``core.likelihood``) on
-        ``levels`` log-spaced noise levels in ``sigma_range`` (times ``sigma_data``) with ``draws``
-        noises per level, the same noises for every class. Deterministic for a given ``seed``."""
-        latents = self._image_latents(images, (self._batch_of(images) or 1, *self.latent_shape()))
+        tensor in [-1, 1]) or their ``latents`` (B, c, h, w), uniform prior: each class's diffusion
+        ELBO (``core.likelihood``) on ``levels`` log-spaced noise levels in ``sigma_range`` (times
+        ``sigma_data``) with ``draws`` noises per level, the same noises for every class.
+        Deterministic for a given ``seed``."""
+        if latents is None:
+            latents = self._image_latents(images, (self._batch_of(images) or 1, *self.latent_shape()))
         n = self.model.config.num_classes
         if not n:
             raise ValueError("this model is unconditional: it has no classes to score")

@@ -255,28 +255,28 @@ class VideoPipeline(ImagePipeline):
         if len(sizes) > 1:
             raise ValueError(f"given frames come in different batch sizes {sorted(sizes)}")
         num_videos = num_videos or (sizes.pop() if sizes else None)
+        unlabelled = class_labels is None and bool(given_frames)
+        # the network alone barely carries a moving digit's shape from a given frame to the others
+        # (docs/video.md); its class-conditional path does, so the class is decided first
+        infer = unlabelled and infer_label and bool(self.model.config.num_classes)
         null = self.model.null_class
-        if class_labels is None and given_frames and self.model.config.num_classes and infer_label:
-            # the network alone barely carries a moving digit's shape from a given frame to the
-            # others (docs/video.md); its class-conditional path does, so decide the class first
-            log_probs = sum(self.classify(image) for image in given_frames.values())
-            n = num_videos or len(log_probs)
-            if len(log_probs) not in (1, n):
-                raise ValueError(f"given frames have {len(log_probs)} images for {n} videos")
-            class_labels = log_probs.argmax(-1).expand(n).tolist()
-        if class_labels is None and given_frames and null is not None:
-            # image-to-video without a label: the null class, and no guidance (cond == uncond)
-            labels = torch.full((num_videos or 1,), null, device=self.device)
-            batch, guidance_scale = len(labels), 1.0
+        if infer or (unlabelled and null is not None):
+            labels, batch = None, num_videos or 1
         else:
             labels, batch = self._labels(class_labels, num_videos)
         shape = (batch, *self.latent_shape(num_frames))
+        known, mask = self._given(given_frames, shape) if given_frames else (None, None)
+        if infer:  # from the latents just encoded: no frame goes through the autoencoder twice
+            given_index = mask[0, :, 0, 0, 0].nonzero().flatten().tolist()
+            labels = sum(self.classify(latents=known[:, i]) for i in given_index).argmax(-1)
+        elif unlabelled and null is not None:
+            # image-to-video with the null class, and no guidance (cond == uncond)
+            labels, guidance_scale = torch.full((batch,), null, device=self.device), 1.0
         kw = dict(cond={"class_labels": labels} if labels is not None else {}, uncond=self._uncond(labels),
                   guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
                   num_inference_steps=num_inference_steps, sampler=sampler, spacing=spacing, generator=generator,
                   progress=progress, **sampler_options)
         if given_frames:
-            known, mask = self._given(given_frames, shape)
             latents = self.solve(shape, known=known, mask=mask, mask_kwarg="given", **kw)
         else:
             latents = self.solve(shape, **kw)
