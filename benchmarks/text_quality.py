@@ -5,6 +5,8 @@
         --ar runs/text-docstrings-ar/export
     python benchmarks/text_quality.py temperature --diffusion runs/text-docstrings/export \
         --ar runs/text-docstrings-ar/export
+    python benchmarks/text_quality.py training \
+        --diffusion runs/text-docstrings/export,runs/text-docstrings-8k/export --ar runs/text-docstrings-ar/export
     python benchmarks/text_quality.py throughput --diffusion runs/text-docstrings/export \
         --ar runs/text-docstrings-ar/export
 
@@ -13,6 +15,8 @@ samples' unigram entropy vs the data's, for 8-128 steps and four samplers, next 
 ``docstrings``: held-out perplexity of the AR baseline; generative perplexity (under the AR
 baseline) of diffusion and AR samples; unigram entropy and distinct-2/3 vs held-out text.
 ``temperature``: the same scores for colder sampling (both models), to compare at matching entropy.
+``training``: several exports of the docstrings recipe (``--diffusion a,b``, shortest training
+first): held-out denoising cross-entropy at fixed noise levels and sample scores, side by side.
 ``throughput``: training and sampling tokens/s at equal model size. Each part rewrites its own
 block of the ``text-quality`` / ``text-throughput`` sections of docs/benchmarks.md.
 """
@@ -40,6 +44,7 @@ SAMPLERS = ("euler", "heun", "dpmpp_2m", "unipc")
 STOCHASTIC = ("euler_ancestral", "dpmpp_2m_sde")  # extra rows at 64 steps: the best samplers on text
 GAP_SIGMAS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 20.0)
 TEMPERATURES = (1.0, 0.7, 0.5, 0.3)
+TRAINING_SIGMAS = (1.0, 2.0, 3.0, 5.0, 10.0)
 
 
 def command(part: str, args) -> str:
@@ -68,7 +73,8 @@ def load_avg() -> str:
 def write_block(name: str, markdown: str) -> None:
     """Rewrite block ``name`` inside its section, creating the section skeleton when missing."""
     section = name.rsplit("-", 1)[0]
-    blocks = {"text-quality": ("text-quality-markov", "text-quality-docstrings", "text-quality-temperature"),
+    blocks = {"text-quality": ("text-quality-markov", "text-quality-docstrings", "text-quality-temperature",
+                               "text-quality-training"),
               "text-throughput": ("text-throughput-numbers",)}[section]
     if f"<!-- BEGIN {section} -->" not in (DOC.read_text() if DOC.exists() else ""):
         title = {"text-quality": "## Text: continuous diffusion vs autoregressive (quality)",
@@ -88,20 +94,27 @@ def exact_twin(pipe):
 
 
 @torch.no_grad()
+def denoising_ce(model, tokens: torch.Tensor, sigma: float, g: torch.Generator):
+    """Cross-entropy of ``tokens`` from the model's logits at noise level ``sigma`` (the model
+    sees its own previous estimate once, as when sampling), and the noisy input."""
+    E = model.embeddings().detach()
+    x = E[tokens] + sigma * torch.randn(*tokens.shape, E.shape[1], generator=g)
+    s = torch.full((len(tokens),), float(sigma))
+    x0, logits = model.denoise(x, s, None)
+    if model.config.self_conditioning:
+        x0, logits = model.denoise(x, s, x0)
+    return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten()).item(), x
+
+
 def denoising_gap(pipe, sigmas=GAP_SIGMAS, num: int = 256, seed: int = 0) -> list[list]:
     """Cross-entropy of held-out tokens from the model's logits vs from the exact posterior, at
-    fixed noise levels (the model sees its own previous estimate once, as when sampling)."""
+    fixed noise levels."""
     chain, model = MarkovChain(), pipe.model.eval()
     E, tokens = model.embeddings().detach(), markov_corpus("validation")[:num]
     g = torch.Generator().manual_seed(seed)
     rows = []
     for sigma in sigmas:
-        x = E[tokens] + sigma * torch.randn(*tokens.shape, E.shape[1], generator=g)
-        s = torch.full((num,), float(sigma))
-        x0, logits = model.denoise(x, s, None)
-        if model.config.self_conditioning:
-            x0, logits = model.denoise(x, s, x0)
-        ce_model = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten()).item()
+        ce_model, x = denoising_ce(model, tokens, sigma, g)
         post = chain.token_posterior(x, E, sigma)
         ce_exact = -post.gather(-1, tokens[..., None]).log().mean().item()
         rows.append([sigma, ce_model, ce_exact, ce_model - ce_exact])
@@ -214,6 +227,36 @@ def temperature(args) -> str:
     return md
 
 
+def training(args) -> str:
+    """The same recipe trained for longer (``--diffusion a,b,...``, the exports in order of
+    training length) on python-docstrings: held-out denoising cross-entropy at fixed noise levels
+    (full-sequence windows, no tokens given) and the samples' generative perplexity and entropy."""
+    ar = load(args.ar)
+    rows = []
+    for path in args.diffusion.split(","):
+        diff = load(path)
+        model = diff.model.eval()
+        ids, lengths = heldout(diff, "python-docstrings", args.heldout_windows)
+        full = ids[lengths == diff.max_length][:256]
+        g = torch.Generator().manual_seed(args.seed)
+        with torch.no_grad():
+            ces = [denoising_ce(model, full, sigma, g)[0] for sigma in TRAINING_SIGMAS]
+        for sampler in ("dpmpp_2m", "dpmpp_2m_sde"):
+            ids = generate(diff, args.num_samples, seed=args.seed, num_inference_steps=args.sample_steps,
+                           sampler=sampler)
+            s = text_scores(ids, diff, ar)
+            rows.append([f"`{path}`", *ces, sampler, s["gen_ppl"], s["entropy"], s["distinct2"]])
+            print(rows[-1], flush=True)
+    md = (f"**Training length** (python-docstrings): held-out cross-entropy (nats/token) of "
+          f"{len(full)} full 64-token validation windows from the model's logits at fixed noise levels, and "
+          f"{args.num_samples} samples per row ({args.sample_steps} steps) scored by the AR baseline `{args.ar}`.\n\n"
+          + table(["model", *(f"CE at sigma {s:g}" for s in TRAINING_SIGMAS), "sampler", "gen. perplexity",
+                   "unigram entropy", "distinct-2"], rows)
+          + f"\n\n{machine()}; {load_avg()} at the end of the run.\n\nCommand: {command('training', args)}")
+    write_block("text-quality-training", md)
+    return md
+
+
 def throughput(args) -> str:
     """Training step (forward, backward, AdamW) and sampling, diffusion vs AR, alternated so that
     both see the same machine load."""
@@ -269,7 +312,7 @@ def throughput(args) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["markov", "docstrings", "temperature", "throughput"])
+    parser.add_argument("part", choices=["markov", "docstrings", "temperature", "training", "throughput"])
     parser.add_argument("--diffusion", required=True)
     parser.add_argument("--ar", required=True)
     parser.add_argument("--num_samples", type=int, default=None)
@@ -280,9 +323,11 @@ def main(argv=None):
     parser.add_argument("--sample_steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args(argv)
-    args.num_samples = args.num_samples or {"markov": 128, "docstrings": 64, "temperature": 64, "throughput": 0}[args.part]
+    args.num_samples = args.num_samples or {"markov": 128, "docstrings": 64, "temperature": 64, "training": 64,
+                                           "throughput": 0}[args.part]
     pin_threads()
-    parts = {"markov": markov, "docstrings": docstrings, "temperature": temperature, "throughput": throughput}
+    parts = {"markov": markov, "docstrings": docstrings, "temperature": temperature, "training": training,
+             "throughput": throughput}
     print(parts[args.part](args))
 
 

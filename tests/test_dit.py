@@ -6,6 +6,7 @@ gradient checkpointing, save/load and bfloat16.
 diffusers is the reference only: the weight mapping lives here, not in the library.
 """
 import ast
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import DiTTransformer2DModel
 
 import mmdiff.core.dit as dit_module
-from mmdiff.core.dit import DiT, DiTBlock, DiTConfig, ScoresAttention, attend
+from mmdiff.core.dit import DiT, DiTBlock, DiTConfig, ScoresAttention, attend, gelu_tanh, per_sample
 from mmdiff.core.patch import PatchConfig
 
 TOL = 1e-5  # max abs difference against diffusers, float32
@@ -282,6 +283,41 @@ def test_scores_attention_in_bfloat16_is_as_accurate_as_flash():
         scale = r.abs().max()
         # within 2x of the flash kernel's own bfloat16 error, which is a few bfloat16 epsilons
         assert (a.double() - r).abs().max() / scale <= max(2 * (b.double() - r).abs().max() / scale, 0.01)
+
+
+def test_gelu_tanh_is_tanh_gelu_to_bfloat16_resolution():
+    x = torch.randn(1 << 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = F.gelu(x, approximate="tanh")
+    assert torch.equal(gelu_tanh(x), exact)  # float32/64: the tanh formula itself
+    assert torch.equal(gelu_tanh(x.float()), F.gelu(x.float(), approximate="tanh"))
+    fast = gelu_tanh(x.bfloat16()).double()  # bfloat16 on the CPU: erf-GELU
+    aten = F.gelu(x.bfloat16(), approximate="tanh").double()  # ATen's bfloat16 tanh-GELU
+    rounding = 2**-8 * (1.2 * x.abs() + exact.abs())  # input and output, half a step each (slope <= 1.13)
+    assert ((aten - exact).abs() <= rounding).all()
+    assert ((fast - exact).abs() <= 4.8e-4 + rounding).all()  # the functions differ by <= 4.7e-4
+    assert (fast - exact).abs().mean() < 1.03 * (aten - exact).abs().mean()
+    grads = []
+    for fn, t in ((gelu_tanh, x.bfloat16()), (partial(F.gelu, approximate="tanh"), x.bfloat16()),
+                  (partial(F.gelu, approximate="tanh"), x)):
+        t = t.clone().requires_grad_()
+        fn(t).backward(torch.ones_like(t))
+        grads.append(t.grad.double())
+    fast, aten, exact = grads
+    # the derivatives differ by at most 8.7e-4; bfloat16 rounding alone moves ATen's by up to 5e-3
+    assert (fast - exact).abs().max() <= (aten - exact).abs().max() + 8.7e-4
+    assert (fast - exact).abs().mean() < 1.1 * (aten - exact).abs().mean()
+
+
+def test_adaln_modulation_is_float32_under_cpu_autocast():
+    block = DiTBlock(DiTConfig(hidden_size=64, depth=1, num_heads=4))
+    torch.nn.init.normal_(block.adaLN_modulation[-1].weight, generator=torch.Generator().manual_seed(0))
+    c = torch.randn(3, 64, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = per_sample(block.adaLN_modulation, c, torch.bfloat16)
+        autocast = block.adaLN_modulation(c)
+    exact = block.adaLN_modulation(c)[:, None]
+    assert got.dtype == torch.bfloat16 and torch.equal(got, exact.bfloat16())  # one rounding, at the end
+    assert (autocast[:, None].float() - exact).abs().max() > (got.float() - exact).abs().max()
 
 
 def test_attend_uses_sdpa_when_masked_causal_long_or_float32(monkeypatch):

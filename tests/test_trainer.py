@@ -110,6 +110,7 @@ def test_resume_is_bitwise_identical(tmp_path):
         assert torch.equal(straight.ema.shadow[k], resumed.ema.shadow[k]), k
     sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    assert resumed.optimizer.param_groups[0]["fused"]  # the fused AdamW kernel, also after resuming
 
 
 def test_corrupt_latest_falls_back_and_names_the_file(tmp_path):
