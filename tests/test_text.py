@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 import mmdiff
@@ -403,3 +404,22 @@ def test_shipped_default_loads_and_writes_text():
     assert len(samples) == 2 and all(isinstance(s, str) for s in samples)
     filled = pipe("Return the ____ of the ____.", infill_marker="____", num_inference_steps=8, generator=0)
     assert filled.startswith("Return the") and filled.endswith(".")
+
+
+def test_shipped_model_denoises_held_out_docstrings():
+    """Quality guard for the shipped model: cross-entropy of 256 held-out python-docstrings windows
+    from its logits at noise level 2, after one self-conditioning pass as in sampling. The
+    8000-step export scores 1.95 nats/token with this noise (1.93-1.97 for seven of eight seeds,
+    2.10 for seed 0), the earlier 2000-step one 2.47; the data's unigram entropy is ~5.7."""
+    from recipes.text_eval import heldout
+    pipe = mmdiff.pipeline("text")
+    ids, lengths = heldout(pipe, "python-docstrings", 512)
+    tokens = ids[lengths == pipe.max_length][:256]
+    model, sigma = pipe.model.eval(), torch.full((len(tokens),), 2.0)
+    E = model.embeddings()
+    x = E[tokens] + 2.0 * torch.randn(*tokens.shape, E.shape[1], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x0, _ = model.denoise(x, sigma)
+        _, logits = model.denoise(x, sigma, x0)
+    assert len(tokens) == 256
+    assert F.cross_entropy(logits.flatten(0, 1), tokens.flatten()).item() < 2.15
