@@ -6,7 +6,7 @@
     python benchmarks/text_quality.py temperature --diffusion runs/text-docstrings/export \
         --ar runs/text-docstrings-ar/export
     python benchmarks/text_quality.py training \
-        --diffusion runs/text-docstrings/export,runs/text-docstrings-8k/export --ar runs/text-docstrings-ar/export
+        --diffusion runs/text-docstrings-shipped-2000,runs/text-docstrings-8k/export --ar runs/text-docstrings-ar/export
     python benchmarks/text_quality.py throughput --diffusion runs/text-docstrings/export \
         --ar runs/text-docstrings-ar/export
 
