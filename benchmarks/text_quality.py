@@ -239,8 +239,7 @@ def training(args) -> str:
         ids, lengths = heldout(diff, "python-docstrings", args.heldout_windows)
         full = ids[lengths == diff.max_length][:256]
         g = torch.Generator().manual_seed(args.seed)
-        with torch.no_grad():
-            ces = [denoising_ce(model, full, sigma, g)[0] for sigma in TRAINING_SIGMAS]
+        ces = [denoising_ce(model, full, sigma, g)[0] for sigma in TRAINING_SIGMAS]  # no_grad inside
         for sampler in ("dpmpp_2m", "dpmpp_2m_sde"):
             ids = generate(diff, args.num_samples, seed=args.seed, num_inference_steps=args.sample_steps,
                            sampler=sampler)
