@@ -28,6 +28,7 @@ import statistics
 from types import SimpleNamespace
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from diffusers import (DDIMScheduler, DiTPipeline, DPMSolverMultistepScheduler,
                        EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler)
 
@@ -98,6 +99,28 @@ def diffusers_solve(name: str):
     return timed
 
 
+class CountOps(TorchDispatchMode):
+    """ATen ops that compute (each a kernel launch on a GPU) and reads of a value back to Python."""
+    VIEWS = {"view", "expand", "select", "slice", "alias", "detach", "unsqueeze", "squeeze", "t", "unbind"}
+
+    def __init__(self):
+        super().__init__()
+        self.compute = self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.reads += name == "_local_scalar_dense"
+        self.compute += name not in self.VIEWS and name != "_local_scalar_dense"
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_evaluation(fn, evaluations: int) -> tuple[float, float]:
+    fn()  # warm: memos filled, as in the timed rounds
+    with CountOps() as count:
+        fn()
+    return count.compute / evaluations, count.reads / evaluations
+
+
 def per_step(repeats: int) -> list[list]:
     rows = []
     for name in SCHEDULERS:
@@ -108,8 +131,11 @@ def per_step(repeats: int) -> list[list]:
         ours_evals, theirs_evals = evaluations(name, STEPS), fns["diffusers"].evaluations()
         us = {k: 1e6 * statistics.median(v) / (theirs_evals if k == "diffusers" else ours_evals)
               for k, v in times.items()}
+        ops, reads = ops_per_evaluation(fns["ours"], ours_evals)
+        ops_d, reads_d = ops_per_evaluation(fns["diffusers"], theirs_evals)
         rows.append([name, ours_evals, theirs_evals, us["ours"], us["bare"], us["diffusers"],
-                     f"**{us['diffusers'] / us['ours']:.2f}x**", f"{us['diffusers'] / us['bare']:.2f}x"])
+                     f"**{us['diffusers'] / us['ours']:.2f}x**", f"{us['diffusers'] / us['bare']:.2f}x",
+                     f"{ops:.1f} / {ops_d:.1f}", f"{reads:.2f} / {reads_d:.2f}"])
         print(rows[-1], flush=True)
     return rows
 
@@ -185,7 +211,8 @@ def main():
                f"BENCH_THREADS={threads} python benchmarks/sampling_overhead.py --clock {args.clock}")
     per_step_table = table(["sampler", "our evaluations", "diffusers evaluations", "ours us/eval",
                             "ours bare sampler us/eval", "diffusers us/eval", "overhead diffusers/ours",
-                            "diffusers/ours bare"], rows)
+                            "diffusers/ours bare", "ops/eval ours / diffusers",
+                            "reads/eval ours / diffusers"], rows)
     e2e_table = table(["", "ours s", "diffusers DiTPipeline s", "latency diffusers/ours"],
                       [[f"{p}, batch {batch}, CFG 4, {steps} steps", r["ours"], r["diffusers"],
                         f"**{r['ratio']:.2f}x**"] for p, r in e2e.items()])
@@ -196,7 +223,11 @@ def main():
                    f"(median of paired rounds):\n\n{per_step_table}\n\n"
                    "\"ours\" includes the `Denoiser` (eps -> x0, the conversion diffusers' `step` does "
                    "inside); \"bare\" is the sampler over a plain `D(x, sigma)`. diffusers' loop is "
-                   "`set_timesteps`, then `scale_model_input`, network, `step` per timestep.\n\n"
+                   "`set_timesteps`, then `scale_model_input`, network, `step` per timestep. "
+                   "*ops/eval*: ATen ops of one solve that compute (not views), per evaluation, "
+                   "counted with a `TorchDispatchMode`, the network's one `mul` included: on a GPU "
+                   "each is a kernel launch, the bulk of the per-step cost. *reads/eval*: values "
+                   "read back to Python (`item`, `float`): on a GPU each waits for the device.\n\n"
                    f"**End to end** (decoding excluded on both sides: identity VAE for DiTPipeline, "
                    f"latents for ours; random-init DiT, 32x32x4, labels from 10 classes of the "
                    f"1000-class table DiTPipeline requires, DPM-Solver++(2M), linear schedule"

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import yaml
 
 import mmdiff
-from mmdiff.core.samplers import SAMPLERS
+from mmdiff.core.samplers import SAMPLERS, sample
 from mmdiff.data.text import MarkovChain
 from mmdiff.modalities.text import (ScoreInterpolation, TextArgs, TextModel, TextModelConfig, TextPipeline,
                                     TextTask, TimeWarp, TokenWindows, pack_documents,
@@ -113,6 +113,16 @@ def test_embeddings_keep_their_norm_through_training():
     opt.step()
     norms = model.embeddings().norm(dim=-1)
     assert torch.allclose(norms, torch.full_like(norms, math.sqrt(8)), atol=1e-5)
+
+
+def test_sampling_reads_no_level_back_from_the_device():
+    # On a GPU, reading a level back (the conversion used to run on the host) waits for every
+    # queued kernel at each evaluation. On the meta device any read raises; the levels' inputs
+    # are memoised by the samplers' host-side tags instead, one entry per level.
+    model = tiny().to("meta")
+    x = torch.randn(2, 12, 8, device="meta")
+    out = sample(ScoreInterpolation(model), x, model.schedule.sigmas(8), "dpmpp_2m", progress=False)
+    assert out.shape == (2, 12, 8) and len(model._levels) == 8
 
 
 def test_score_interpolation_is_softmax_at_E_with_self_conditioning():

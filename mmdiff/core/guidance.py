@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .parametrization import append_dims
+from .parametrization import append_dims, host_level, tag_level
 
 Tensor = torch.Tensor
 
@@ -21,13 +21,15 @@ def cfg(denoiser, scale: float, cond: dict, uncond: dict, *, rescale: float = 0.
     keys = [k for k in cond if cond[k] is not None]
 
     def guided(x: Tensor, sigma: Tensor, **extra) -> Tensor:
-        # the level is read on the host only for an interval: on a GPU that read waits for the device
-        outside = interval is not None and not interval[0] < float(sigma.reshape(-1)[0]) <= interval[1]
+        outside = interval is not None and not interval[0] < _level(sigma) <= interval[1]
         if scale == 1.0 or outside:
             return denoiser(x, sigma, **cond, **extra)
         both = {k: torch.cat([cond[k], uncond[k]]) for k in keys}
         extra2 = {k: torch.cat([v, v]) if isinstance(v, Tensor) else v for k, v in extra.items()}
-        d_c, d_u = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **both, **extra2).chunk(2)
+        sigma2 = torch.cat([sigma, sigma])
+        if host_level(sigma) is not None:
+            tag_level(sigma2, host_level(sigma))
+        d_c, d_u = denoiser(torch.cat([x, x]), sigma2, **both, **extra2).chunk(2)
         out = d_u + scale * (d_c - d_u)
         if rescale > 0:
             dims = tuple(range(1, x.ndim))
@@ -36,6 +38,12 @@ def cfg(denoiser, scale: float, cond: dict, uncond: dict, *, rescale: float = 0.
         return out
 
     return guided
+
+
+def _level(sigma) -> float:
+    """A batch's level as a number; untagged, read from the device (on a GPU: waits for it)."""
+    level = host_level(sigma)
+    return float(sigma.reshape(-1)[0]) if level is None else level
 
 
 def keep_known(denoiser, known: Tensor, mask: Tensor, *, noise: Tensor | None = None,
@@ -49,7 +57,12 @@ def keep_known(denoiser, known: Tensor, mask: Tensor, *, noise: Tensor | None = 
     mask = mask.to(known.dtype)
 
     def denoise(x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        given = known if noise is None else known + append_dims(sigma.to(known.dtype), known.ndim) * noise
+        if noise is None:
+            given = known
+        elif host_level(sigma) is not None:
+            given = torch.add(known, noise, alpha=host_level(sigma))
+        else:
+            given = known + append_dims(sigma.to(known.dtype), known.ndim) * noise
         x_in = torch.lerp(x, given, mask)
         if mask_kwarg is not None:
             cond = {**cond, mask_kwarg: mask}

@@ -93,6 +93,57 @@ def sample_training_sigmas(schedule: Schedule, n: int, distribution: str = "unif
     return sigma.float().to(device)
 
 
+def tag_level(sigma: Tensor, level: float) -> Tensor:
+    """Attach the host value of a batch-uniform level to its device tensor: whoever needs the
+    number (a memo key, a guidance interval) reads it here instead of from the device, which on
+    a GPU would wait for all queued work. Samplers tag every level they hand to a denoiser."""
+    sigma.host_level = float(level)
+    return sigma
+
+
+def host_level(sigma) -> float | None:
+    """The level of ``tag_level`` (or a plain number), else None."""
+    if isinstance(sigma, (int, float)):
+        return float(sigma)
+    return getattr(sigma, "host_level", None)
+
+
+class LevelMemo:
+    """``compute(sigma, ndim)`` -> per-level tensors shaped to broadcast against an ``ndim``-D
+    batch, memoised by the level's host value.
+
+    A sampler calls with the same few levels again and again (every solve of a pipeline, both
+    halves of Heun): looked up by value, the ~20 small tensor ops of a conversion run once per
+    level instead of per evaluation, which on a GPU are ~20 kernel launches. A level is known on
+    the host when tagged (``tag_level``, any device) or when a CPU batch holds one value; others
+    (training's per-sample levels, untagged device tensors, whose read would wait for the device)
+    are computed every time and not kept."""
+
+    def __init__(self, compute, size: int = 1024):
+        self.compute, self.size, self.memo = compute, size, {}
+
+    def __len__(self) -> int:
+        return len(self.memo)
+
+    def __call__(self, sigma, like: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``(sigma, values)``: sigma as a (B,) tensor on ``like``'s device, values with one row
+        per sample or one row for all (they broadcast; expand where a (B,) is needed)."""
+        level, batch = host_level(sigma), like.shape[0]
+        sigma = torch.as_tensor(sigma, device=like.device).reshape(-1).expand(batch)
+        if level is None and sigma.device.type == "cpu":
+            values = sigma.tolist()
+            level = values[0] if values.count(values[0]) == len(values) else None
+        if level is None:
+            return sigma, self.compute(sigma, like.ndim)
+        key = (str(sigma.device), sigma.dtype, level, like.ndim)
+        values = self.memo.get(key)
+        if values is None:
+            values = self.compute(sigma[:1], like.ndim)
+            if len(self.memo) < self.size:
+                self.memo[key] = values
+        return sigma, values
+
+
 class Denoiser(nn.Module):
     """Wraps a network ``model(x_in, timestep, **cond)`` into ``D(x, sigma, **cond) -> x0_hat``."""
 
@@ -102,36 +153,29 @@ class Denoiser(nn.Module):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction '{prediction}'; choose one of {PREDICTIONS}")
         self.model, self.schedule, self.prediction, self.sigma_data = model, schedule, prediction, sigma_data
-        self._memo: dict[tuple, tuple[Tensor, ...]] = {}
+        self._memo = LevelMemo(self._coefficients)
 
     @property
     def input_dtype(self) -> torch.dtype:
         param = next(self.model.parameters(), None) if isinstance(self.model, nn.Module) else None
         return param.dtype if param is not None and param.is_floating_point() else torch.float32
 
-    def _coefficients(self, sigma: Tensor) -> tuple[Tensor, ...]:
-        """``(c_skip, c_out, c_in, timestep)`` for levels ``sigma`` (1-D), float32 on its device."""
+    def _coefficients(self, sigma: Tensor, ndim: int) -> tuple[Tensor, ...]:
+        """``(c_skip, c_out, c_in)`` as (n, 1, ...) of ``ndim`` dims and the network's timestep (n,),
+        for levels ``sigma`` (n,), float32 on its device."""
         coeffs = scalings(self.prediction, self.schedule, sigma, self.sigma_data)
         timestep = self.schedule.timestep(sigma.double())  # on sigma's device: no host round trip
-        return tuple(c.to(sigma.device, torch.float32) for c in (*coeffs, timestep))
+        return (*(append_dims(c.to(sigma.device, torch.float32), ndim) for c in coeffs),
+                timestep.to(sigma.device, torch.float32))
 
     def _inputs(self, x: Tensor, sigma: Tensor):
-        sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
-        key = (sigma.dtype, *sigma.tolist()) if sigma.device.type == "cpu" else None
-        coeffs = self._memo.get(key)
-        if coeffs is None:
-            coeffs = self._coefficients(sigma)
-            if key is not None and len(self._memo) < 1024:
-                # A sampler calls with the same few levels again and again: memoised by value,
-                # the ~20 small tensor ops of the conversion run once per level, not per evaluation.
-                self._memo[key] = coeffs
-        c_skip, c_out, c_in, timestep = coeffs
-        return (sigma, *(append_dims(c, x.ndim) for c in (c_skip, c_out, c_in)), timestep)
+        sigma, (c_skip, c_out, c_in, timestep) = self._memo(sigma, x)
+        return sigma, c_skip, c_out, c_in, timestep.expand(x.shape[0])
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         _, c_skip, c_out, c_in, timestep = self._inputs(x, sigma)
         out = self.model(self.network_input(x, c_in, cond.get("given")), timestep, **cond)
-        return (c_skip * x.float() + c_out * out.float()).to(x.dtype)
+        return torch.addcmul(c_skip * x.float(), c_out, out.float()).to(x.dtype)
 
     def network_input(self, x: Tensor, c_in: Tensor, given: Tensor | None = None) -> Tensor:
         """``c_in * x``. Clean given content (the DiT's ``given`` mask, 1 = given) is scaled as at

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from tqdm.auto import trange
 
+from .parametrization import tag_level
+
 Tensor = torch.Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -58,10 +60,19 @@ def _noise_fn(x: Tensor, generator):
 
 
 def _steps(sigmas: Tensor, progress: bool, x: Tensor):
-    levels = [float(s) for s in sigmas]
-    ones = x.new_ones(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))  # float64 stays float64
+    """Yields ``(i, sigma_i, sigma_i+1, at)``: the levels as floats, and ``at(s)``, level ``s`` of
+    the grid as the (B,) tensor a denoiser gets, tagged with its host value (``tag_level``)."""
+    levels = sigmas.tolist()  # one read, not one per level
+    dtype = torch.promote_types(x.dtype, torch.float32)  # float64 stays float64
+    # every row made on the device in one go: handing a level over then launches no kernel
+    rows = torch.tensor(levels, dtype=dtype).to(x.device)[:, None].expand(-1, x.shape[0]).contiguous()
+    index = {s: j for j, s in enumerate(levels)}
+
+    def at(s: float) -> Tensor:
+        return tag_level(rows[index[s]], s)
+
     for i in trange(len(levels) - 1, disable=not progress, desc="sampling", leave=False):
-        yield i, levels[i], levels[i + 1], ones
+        yield i, levels[i], levels[i + 1], at
 
 
 def _report(callback, **state):
@@ -83,8 +94,8 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
 @torch.no_grad()
 def sample_euler(denoiser, x, sigmas, *, generator=None, callback=None, progress=True):
     """First-order probability-flow ODE step (DDIM with eta = 0 is the same step)."""
-    for i, s, s_next, ones in _steps(sigmas, progress, x):
-        den = denoiser(x, s * ones)
+    for i, s, s_next, at in _steps(sigmas, progress, x):
+        den = denoiser(x, at(s))
         _report(callback, x=x, i=i, sigma=s, sigma_next=s_next, denoised=den)
         x = den + (s_next / s) * (x - den)
     return x
@@ -95,8 +106,8 @@ def sample_ddim(denoiser, x, sigmas, *, eta=0.0, s_noise=1.0, generator=None, ca
     """DDIM (Song et al. 2021) in VE form; ``eta = 1`` is DDPM ancestral sampling, which is also
     k-diffusion's Euler ancestral step."""
     noise = _noise_fn(x, generator)
-    for i, s, s_next, ones in _steps(sigmas, progress, x):
-        den = denoiser(x, s * ones)
+    for i, s, s_next, at in _steps(sigmas, progress, x):
+        den = denoiser(x, at(s))
         _report(callback, x=x, i=i, sigma=s, sigma_next=s_next, denoised=den)
         down, up = ancestral_step(s, s_next, eta)
         x = den + (down / s) * (x - den)
@@ -117,14 +128,14 @@ def sample_heun(denoiser, x, sigmas, *, time="sigma", generator=None, callback=N
     the two ends of the first step by ~1e5 / sigma_next and the sample is lost."""
     if time not in ("sigma", "flow"):
         raise ValueError(f"time must be 'sigma' or 'flow', got '{time}'")
-    for i, s, s_next, ones in _steps(sigmas, progress, x):
-        den = denoiser(x, s * ones)
+    for i, s, s_next, at in _steps(sigmas, progress, x):
+        den = denoiser(x, at(s))
         _report(callback, x=x, i=i, sigma=s, sigma_next=s_next, denoised=den)
         x_euler = den + (s_next / s) * (x - den)
         if s_next == 0:
             x = x_euler
             continue
-        den_next = denoiser(x_euler, s_next * ones)
+        den_next = denoiser(x_euler, at(s_next))
         # how dx/dsigma = (x - den) / sigma changed from the start of the step to its Euler end
         change = (x_euler - den_next) / s_next - (x - den) / s
         if time == "sigma":
@@ -139,8 +150,8 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None, progr
     """DPM-Solver++(2M) (Lu et al. 2022), data-prediction multistep; first order at the start and
     into sigma = 0."""
     den_prev, h_prev = None, None
-    for i, s, s_next, ones in _steps(sigmas, progress, x):
-        den = denoiser(x, s * ones)
+    for i, s, s_next, at in _steps(sigmas, progress, x):
+        den = denoiser(x, at(s))
         _report(callback, x=x, i=i, sigma=s, sigma_next=s_next, denoised=den)
         if s_next == 0:
             x = den
@@ -163,8 +174,8 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, solver_typ
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got '{solver_type}'")
     noise = _noise_fn(x, generator)
     den_prev, h_prev = None, None
-    for i, s, s_next, ones in _steps(sigmas, progress, x):
-        den = denoiser(x, s * ones)
+    for i, s, s_next, at in _steps(sigmas, progress, x):
+        den = denoiser(x, at(s))
         _report(callback, x=x, i=i, sigma=s, sigma_next=s_next, denoised=den)
         if s_next == 0:
             x = den
@@ -196,8 +207,8 @@ def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, legacy=Fal
     noise = _noise_fn(x, generator)
     den_1 = den_2 = None
     h_1 = h_2 = None
-    for i, s, s_next, ones in _steps(sigmas, progress, x):
-        den = denoiser(x, s * ones)
+    for i, s, s_next, at in _steps(sigmas, progress, x):
+        den = denoiser(x, at(s))
         _report(callback, x=x, i=i, sigma=s, sigma_next=s_next, denoised=den)
         if s_next == 0:
             x = den
@@ -267,8 +278,8 @@ def sample_unipc(denoiser, x, sigmas, *, order=2, use_corrector=True, generator=
     n = len(sigmas) - 1
     dens, lams = [], []
     x_prev = s_prev = order_prev = None
-    for i, s, s_next, ones in _steps(sigmas, progress, x):
-        den = denoiser(x, s * ones)
+    for i, s, s_next, at in _steps(sigmas, progress, x):
+        den = denoiser(x, at(s))
         _report(callback, x=x, i=i, sigma=s, sigma_next=s_next, denoised=den)
         if use_corrector and x_prev is not None:
             x = _unipc_update(x_prev, s_prev, s, dens, lams, order_prev, den_t=den)

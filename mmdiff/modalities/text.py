@@ -35,7 +35,7 @@ from torch import nn
 
 from ..core.checkpoint import PretrainedMixin, config_to_dict
 from ..core.dit import DiT, DiTConfig
-from ..core.parametrization import sample_training_sigmas
+from ..core.parametrization import LevelMemo, append_dims, sample_training_sigmas
 from ..core.patch import PatchConfig
 from ..core.samplers import per_sample_generators
 from ..core.schedules import EDMSchedule
@@ -154,6 +154,7 @@ class TextModel(PretrainedMixin, nn.Module):
             attention="joint" if self.diffusion else "causal", gradient_checkpointing=c.gradient_checkpointing))
         self.warp = (TimeWarp(c.warp_bins, math.log(c.vocab_size))
                      if self.diffusion and c.noise_distribution == "warp" else None)
+        self._levels = LevelMemo(self._level_inputs)
 
     @property
     def schedule(self) -> EDMSchedule:
@@ -172,9 +173,8 @@ class TextModel(PretrainedMixin, nn.Module):
                attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, L, V) for noisy embeddings ``x`` (B, L, D) at VE levels ``sigma`` (B,).
         ``given`` (B, L) or (B, L, D), 1 = a clean given token, which is not input-scaled."""
-        sched = self.schedule
-        sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
-        c_in = sched.alpha(sigma.double().cpu()).to(x.device, torch.float32)[:, None, None]
+        _, (c_in, timestep) = self._levels(sigma, x)
+        timestep = timestep.expand(x.shape[0])
         g = None
         if given is not None:
             g = (given.amax(-1) if given.ndim == 3 else given).to(x.device, torch.float32)[..., None]  # (B, L, 1)
@@ -182,9 +182,14 @@ class TextModel(PretrainedMixin, nn.Module):
         if self.config.self_conditioning:
             prev = torch.zeros_like(x_in) if self_cond is None else self_cond.float()
             x_in = torch.cat([x_in, prev if g is None else torch.lerp(prev, x.float(), g)], dim=-1)
-        timestep = sched.timestep(sigma.double().cpu()).to(x.device, torch.float32)
         dtype = self.embedding.dtype
         return self.dit(x_in.to(dtype), timestep, given=g, attention_mask=attention_mask)
+
+    def _level_inputs(self, sigma: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
+        """``(c_in (n, 1, 1), timestep (n,))`` float32 on sigma's device, computed in float64 there."""
+        s, sched = sigma.double(), self.schedule
+        c_in, timestep = (v.to(sigma.device, torch.float32) for v in (sched.alpha(s), sched.timestep(s)))
+        return append_dims(c_in, ndim), timestep
 
     def score_interpolation(self, logits: Tensor, temperature: float = 1.0) -> Tensor:
         """``x0_hat = softmax(logits / temperature) @ E`` (B, L, D) in float32; temperature 0: the
