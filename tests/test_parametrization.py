@@ -161,6 +161,15 @@ def test_a_solve_on_a_device_converts_each_level_once(sampler):
         assert _ops_per_evaluation(den, device, sampler) - bare == 3, device
 
 
+def test_denoiser_traces_into_one_graph_under_torch_compile():
+    # Under compile the memo steps aside (reading levels back would break the graph in two).
+    den = Denoiser(lambda x, t: 0.1 * x * t[:, None, None, None], get_schedule("linear"), "v")
+    x, noise, sigma = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.tensor([0.5, 2.0, 9.0])
+    compiled = torch.compile(lambda x, s: den.loss(x, s, noise), backend="eager", fullgraph=True)
+    assert torch.allclose(compiled(x, sigma), den.loss(x, sigma, noise), rtol=1e-6)
+    assert torch.allclose(torch.compile(den, backend="eager", fullgraph=True)(x, sigma), den(x, sigma))
+
+
 def test_guidance_and_given_content_keep_the_host_level():
     sched, grid = get_schedule("linear"), get_schedule("linear").sigmas(10)
     seen = []

@@ -130,6 +130,8 @@ class LevelMemo:
         per sample or one row for all (they broadcast; expand where a (B,) is needed)."""
         level, batch = host_level(sigma), like.shape[0]
         sigma = torch.as_tensor(sigma, device=like.device).reshape(-1).expand(batch)
+        if torch.compiler.is_compiling():  # a compiled graph fuses the conversion; a lookup would break it
+            return sigma, self.compute(sigma, like.ndim)
         if level is None and sigma.device.type == "cpu":
             values = sigma.tolist()
             level = values[0] if values.count(values[0]) == len(values) else None
