@@ -49,6 +49,29 @@ def test_dit_forward_and_gradients_match_the_cpu():
     assert relative(low.float(), outs[0].detach()) < 3e-2  # bf16 operands: ~1e-2
 
 
+def test_a_warm_solve_never_waits_for_the_gpu():
+    # Every level reaches the denoiser with its host value, so nothing is read back per evaluation:
+    # with sync debugging set to "error", any device-to-host read inside the solve raises.
+    from mmdiff.core.guidance import cfg
+    from mmdiff.core.parametrization import Denoiser
+    from mmdiff.core.samplers import sample
+    from mmdiff.core.schedules import get_schedule
+    sched = get_schedule("linear")
+    model = DiT.from_preset("DiT-S/2", in_channels=4, input_size=16, num_classes=10, depth=2).cuda().eval()
+    labels = torch.arange(4, device="cuda")
+    den = cfg(Denoiser(model, sched, "eps"), 4.0, {"class_labels": labels},
+              {"class_labels": torch.full_like(labels, 10)}, interval=(0.5, 50.0))
+    x, grid = torch.randn(4, 4, 16, 16, device="cuda"), sched.sigmas(10)
+    for sampler in ("euler", "heun", "dpmpp_2m", "unipc"):
+        sample(den, x, grid, sampler, progress=False)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = sample(den, x, grid, sampler, progress=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isfinite(out).all()
+
+
 def test_image_pipeline_samples_the_same_digits_on_cuda():
     labels = list(range(10)) * 4
     cpu = mmdiff.pipeline("image")(class_labels=labels, generator=0, output_type="pt", progress=False)

@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from .parametrization import tag_level
+
 Tensor = torch.Tensor
 WEIGHTINGS = ("elbo", "uniform")
 
@@ -55,7 +57,7 @@ def class_log_likelihoods(denoiser, x0: Tensor, num_classes: int, *, sigma_min: 
             eps = torch.randn(x0.shape[1:], generator=generator, dtype=torch.float32).to(x0.device)
             noisy = clean + sigma * eps
             err = torch.cat([
-                (denoiser(noisy[i:i + chunk], level[i:i + chunk], **{label_key: labels[i:i + chunk]},
+                (denoiser(noisy[i:i + chunk], tag_level(level[i:i + chunk], sigma), **{label_key: labels[i:i + chunk]},
                           **{key: v[i:i + chunk] if isinstance(v, Tensor) else v for key, v in cond.items()})
                  .float() - clean[i:i + chunk]).square().flatten(1).sum(1)
                 for i in range(0, b * k, chunk)])

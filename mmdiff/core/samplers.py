@@ -64,8 +64,10 @@ def _steps(sigmas: Tensor, progress: bool, x: Tensor):
     the grid as the (B,) tensor a denoiser gets, tagged with its host value (``tag_level``)."""
     levels = sigmas.tolist()  # one read, not one per level
     dtype = torch.promote_types(x.dtype, torch.float32)  # float64 stays float64
-    # every row made on the device in one go: handing a level over then launches no kernel
-    rows = torch.tensor(levels, dtype=dtype).to(x.device)[:, None].expand(-1, x.shape[0]).contiguous()
+    # every row made on the device in one go: handing a level over then launches no kernel (the
+    # copy from pageable memory is staged before it returns, so non_blocking is safe and waits for nothing)
+    rows = torch.tensor(levels, dtype=dtype).to(x.device, non_blocking=True)
+    rows = rows[:, None].expand(-1, x.shape[0]).contiguous()
     index = {s: j for j, s in enumerate(levels)}
 
     def at(s: float) -> Tensor:
