@@ -26,9 +26,9 @@ def cfg(denoiser, scale: float, cond: dict, uncond: dict, *, rescale: float = 0.
             return denoiser(x, sigma, **cond, **extra)
         both = {k: torch.cat([cond[k], uncond[k]]) for k in keys}
         extra2 = {k: torch.cat([v, v]) if isinstance(v, Tensor) else v for k, v in extra.items()}
-        sigma2 = torch.cat([sigma, sigma])
-        if host_level(sigma) is not None:
-            tag_level(sigma2, host_level(sigma))
+        sigma2, level = torch.cat([sigma, sigma]), host_level(sigma)
+        if level is not None:
+            tag_level(sigma2, level)
         d_c, d_u = denoiser(torch.cat([x, x]), sigma2, **both, **extra2).chunk(2)
         out = d_u + scale * (d_c - d_u)
         if rescale > 0:
@@ -57,10 +57,11 @@ def keep_known(denoiser, known: Tensor, mask: Tensor, *, noise: Tensor | None = 
     mask = mask.to(known.dtype)
 
     def denoise(x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        level = host_level(sigma)
         if noise is None:
             given = known
-        elif host_level(sigma) is not None:
-            given = torch.add(known, noise, alpha=host_level(sigma))
+        elif level is not None:
+            given = torch.add(known, noise, alpha=level)
         else:
             given = known + append_dims(sigma.to(known.dtype), known.ndim) * noise
         x_in = torch.lerp(x, given, mask)
