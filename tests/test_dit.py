@@ -16,7 +16,7 @@ from diffusers import DiTTransformer2DModel
 
 import mmdiff.core.dit as dit_module
 from mmdiff.core.dit import DiT, DiTBlock, DiTConfig, ScoresAttention, attend, gelu_tanh, per_sample
-from mmdiff.core.patch import PatchConfig
+from mmdiff.core.patch import PatchConfig, apply_rope, rope_frequencies
 
 TOL = 1e-5  # max abs difference against diffusers, float32
 # DiT paper Table 4 / the official repo's printout; the official count includes the fixed 2-D
@@ -379,3 +379,22 @@ def test_bfloat16_autocast_training_step_follows_float32():
     for name, grad in full.items():
         rel = (low[name].float() - grad).norm() / grad.norm().clamp(min=1e-12)
         assert rel < 0.05, (name, rel)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_rotates_pairs_and_scores_depend_on_offset_only(dtype):
+    cos, sin = rope_frequencies(32, 16)
+    x = torch.randn(2, 3, 16, 32, dtype=torch.float64).to(dtype)
+    x0, x1 = x[..., 0::2], x[..., 1::2]  # the textbook pairs, computed as in the papers
+    c, s = cos.to(dtype), sin.to(dtype)
+    textbook = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2)
+    assert torch.equal(apply_rope(x, cos, sin), textbook)  # the same products and sums, bit for bit
+    # a rotation: norms kept, and <R_m q, R_n k> depends on n - m only
+    cos64, sin64 = (t.double() for t in rope_frequencies(32, 16))
+    q, k = torch.randn(32, dtype=torch.float64), torch.randn(32, dtype=torch.float64)
+    rq = apply_rope(q.expand(1, 1, 16, 32), cos64, sin64)[0, 0]
+    rk = apply_rope(k.expand(1, 1, 16, 32), cos64, sin64)[0, 0]
+    assert torch.allclose(rq.norm(dim=-1), q.norm().expand(16))
+    scores = rq @ rk.T
+    assert torch.allclose(scores.diagonal(3)[:-1], scores.diagonal(3)[1:])
+    assert torch.allclose(scores.diagonal(-5)[:-1], scores.diagonal(-5)[1:])

@@ -56,10 +56,15 @@ def rope_frequencies(head_dim: int, length: int, base: float = 10000.0) -> tuple
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate channel pairs of ``x`` (B, heads, L, head_dim) by position."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    cos, sin = cos[: x.shape[-2]].to(x.dtype), sin[: x.shape[-2]].to(x.dtype)
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    """Rotate channel pairs (2i, 2i+1) of ``x`` (B, heads, L, head_dim) by position.
+
+    Written as ``x * [c0 c0 c1 c1 ..] + [x1 x0 x3 x2 ..] * [-s0 s0 -s1 s1 ..]`` on whole rows, the
+    same products and sums as the textbook ``(x0 c - x1 s, x0 s + x1 c)`` bit for bit, but without
+    stride-2 views: the CPU kernels run vectorised (text DiT step in bf16: ~2x less time here)."""
+    n = x.shape[-2]
+    cos = cos[:n].repeat_interleave(2, -1).to(x.dtype)
+    sin = torch.stack([-sin[:n], sin[:n]], -1).flatten(-2).to(x.dtype)
+    return x * cos + x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2) * sin
 
 
 # ---------------------------------------------------------------------------------- patchers
