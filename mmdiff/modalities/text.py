@@ -98,7 +98,9 @@ class TimeWarp(nn.Module):
 
 def token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
     """Cross-entropy per token (B, L) of logits (B, L, V), in float32."""
-    return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="none").view(tokens.shape)
+    # log_softmax converts to float32 as it reads: no separate float32 copy of the (B, L, V) logits
+    logp = F.log_softmax(logits.flatten(0, 1), dim=-1, dtype=torch.float32)
+    return F.nll_loss(logp, tokens.flatten(), reduction="none").view(tokens.shape)
 
 
 @dataclass
@@ -196,7 +198,8 @@ class TextModel(PretrainedMixin, nn.Module):
         argmax token's embedding."""
         if temperature == 0:
             return self.embeddings()[logits.argmax(-1)]
-        return torch.softmax(logits.float() / temperature, dim=-1) @ self.embeddings()
+        scaled = logits if temperature == 1 else logits.float() / temperature
+        return torch.softmax(scaled, dim=-1, dtype=torch.float32) @ self.embeddings()
 
     def denoise(self, x: Tensor, sigma: Tensor, self_cond: Tensor | None = None, temperature: float = 1.0,
                 **cond) -> tuple[Tensor, Tensor]:
