@@ -176,12 +176,13 @@ def resolve_precision(choice: str) -> str:
 def keep_freed_memory() -> bool:
     """Have glibc keep large freed blocks for reuse instead of handing them back to the OS.
 
-    By default glibc maps every block over ~32 MB (and trims the heap's free top over ~2x the largest
-    such block) straight back to the OS, so each training step's big activations page-fault all
-    their memory in again: on the dev machine 8000 faults and ~15 ms per 16 MB tensor, 10-20% of a
-    text-model step (docs/training.md). Blocks up to 256 MB then come from the heap and up to 1 GB
-    of freed heap is kept; memory is not returned below the run's own peak. Returns whether it
-    applied: Linux with glibc only (``mallopt`` is process-wide)."""
+    With its default (adaptive) thresholds glibc serves big blocks from fresh mappings or trims
+    them off the heap when they are freed, so each training step's large activations page-fault
+    their memory in again: on the dev machine every 16 MB tensor of a text-model step, ~4000
+    faults and ~7 ms each, 10-20% of the step (docs/training.md). Here blocks up to 256 MB come
+    from the heap and up to 1 GB of freed heap is kept for reuse: resident memory stays near the
+    run's peak instead of falling between steps. Returns whether it applied: Linux with glibc
+    only (``mallopt`` is process-wide)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
