@@ -151,7 +151,7 @@ def _ops_per_evaluation(denoiser, device: str, sampler: str) -> float:
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m"])
 def test_a_solve_on_a_device_converts_each_level_once(sampler):
     # On a GPU a level's value cannot be read without waiting for the device, so the memo keyed by
-    # value used to miss there and ~25 small ops ran per evaluation. Samplers tag the levels they
+    # value used to miss there and ~30 small ops ran per evaluation. Samplers tag the levels they
     # hand over with their host value: on the meta device (like a GPU, nothing can be read back)
     # a warm solve costs what it costs on the CPU: the bare sampler's ops over the same network
     # plus three, c_in * x, c_skip * x and the addcmul with c_out * F.
