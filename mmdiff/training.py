@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from .core.checkpoint import atomic_write_dir, fsync_tree, load_tensors, save_tensors
+from .core.checkpoint import (WEIGHTS_NAME, atomic_write_dir, check_state_dict, config_to_dict, fsync_tree,
+                              load_tensors, read_config_json, save_tensors)
 from .core.ema import EMA
 
 logger = logging.getLogger("mmdiff.training")
@@ -48,6 +49,8 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 MANIFEST = "manifest.json"
 RUN_FILE = "run.json"
+# Model options that --init_from may change: they alter how the weights are trained, not what they are.
+INIT_FREE_OPTIONS = {"gradient_checkpointing"}
 
 
 @dataclass
@@ -75,6 +78,8 @@ class TrainConfig:
     checkpointing_steps: int = field(default=500, metadata={"help": "save a resumable checkpoint every N steps"})
     checkpoints_total_limit: int | None = field(default=None, metadata={"help": "keep at most N checkpoints"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "fine-tune: a pipeline export whose model weights start the run (optimizer, schedule, EMA fresh)"})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "start over in a folder holding a run"})
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard | wandb | all | none"})
     validation_steps: int = field(default=500, metadata={"help": "sample with the EMA weights every N steps (0 = off)"})
@@ -398,6 +403,10 @@ class Trainer:
         model = self.task.model
         if cfg.gradient_checkpointing and hasattr(model, "config"):
             model.config.gradient_checkpointing = True
+        fresh_latest = cfg.resume_from_checkpoint == "latest" and not checkpoint_folders(self.output_dir)
+        resuming = bool(cfg.resume_from_checkpoint) and not fresh_latest
+        if cfg.init_from and not resuming:  # a resumed run's checkpoint already holds its weights
+            self._init_from(model, Path(cfg.init_from))
         loader, sampler = self._dataloader(self.task.dataset)
         params = list(model.parameters())
         # One fused kernel over all parameters where PyTorch has it: at DiT-S/2 on the CPU 22 ms a
@@ -409,8 +418,7 @@ class Trainer:
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
         self.ema.to(next(self.bare_model.parameters()).device)
         self.sampler = sampler
-        fresh_latest = cfg.resume_from_checkpoint == "latest" and not checkpoint_folders(self.output_dir)
-        if cfg.resume_from_checkpoint and not fresh_latest:
+        if resuming:
             self._resume(find_checkpoint(self.output_dir, cfg.resume_from_checkpoint))
         elif self.main:
             if fresh_latest:  # a requeued job's first start: nothing to resume yet
@@ -650,6 +658,27 @@ class Trainer:
         good = [f for f in folders if verify_checkpoint(f) is None]
         for old in good[: max(0, len(good) - max(1, limit))]:
             shutil.rmtree(old)
+
+    def _init_from(self, model: torch.nn.Module, export: Path) -> None:
+        """Fine-tuning: load an export's model weights into the freshly built model. The model
+        options must be the export's (a differing option is named with both values); a task with
+        other components to match (text: the tokenizer) checks them first in ``check_init_from``."""
+        folder = export / "model" if (export / "model" / WEIGHTS_NAME).is_file() else export
+        if not (folder / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"--init_from {export}: no {WEIGHTS_NAME} in it or in its model/ folder; "
+                                    f"pass a pipeline export (the run's export/ folder)")
+        if hasattr(self.task, "check_init_from"):  # first: a wrong tokenizer also changes the vocabulary size
+            self.task.check_init_from(export)
+        saved = {k: v for k, v in read_config_json(folder).items() if not k.startswith("_")}
+        built = config_to_dict(model.config)
+        changes = [c for c in describe_changes(saved, built) if c.split(":")[0] not in INIT_FREE_OPTIONS]
+        if changes:
+            raise ValueError(f"--init_from {export}: this run builds another model than the export's "
+                             f"(export -> this run: {'; '.join(changes)}); pass the export's model options")
+        tensors, _ = load_tensors(folder / WEIGHTS_NAME)
+        check_state_dict(model.state_dict(), tensors, str(folder / WEIGHTS_NAME))
+        model.load_state_dict(tensors)
+        self.log(f"initialised the model from {folder}")
 
     def _resume(self, folder: Path) -> None:
         acc = self.accelerator

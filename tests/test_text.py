@@ -416,6 +416,26 @@ def test_shipped_default_loads_and_writes_text():
     assert filled.startswith("Return the") and filled.endswith(".")
 
 
+def test_fine_tuning_the_shipped_model_on_ones_own_texts(tmp_path):
+    """``--init_from`` the shipped export with its tokenizer: the run starts from its weights (lr 0
+    leaves them there), and a tokenizer trained on other texts is refused by name."""
+    from mmdiff.training import TrainConfig, Trainer
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("\n".join(d.replace("\n", " ") for d in corpus(200)))
+    common = dict(output_dir=str(tmp_path / "run"), max_steps=1, batch_size=4, learning_rate=0.0,
+                  validation_steps=0, report_to="none", progress=False, init_from=str(ASSET))
+    task = TextTask(TextArgs(data=str(folder), tokenizer=str(ASSET / "tokenizer")), output_dir=tmp_path / "run")
+    trainer = Trainer(task, TrainConfig(**common))
+    export = trainer.train()
+    shipped = mmdiff.pipeline("text").model.state_dict()
+    tuned = TextPipeline.from_pretrained(export).model.state_dict()
+    assert all(torch.equal(shipped[k], tuned[k]) for k in shipped)
+    other = TextTask(TextArgs(data=str(folder)), output_dir=tmp_path / "run2")  # trains its own tokenizer
+    with pytest.raises(ValueError, match=r"its tokenizer is not the one this run uses.*pass --tokenizer .*tokenizer"):
+        Trainer(other, TrainConfig(**{**common, "output_dir": str(tmp_path / "run2")})).train()
+
+
 def test_shipped_model_denoises_held_out_docstrings():
     """Quality guard for the shipped model: cross-entropy of 256 held-out python-docstrings windows
     from its logits at noise level 2, after one self-conditioning pass as in sampling. The shipped

@@ -139,6 +139,34 @@ def test_refuses_other_runs_and_incompatible_resume(tmp_path):
     assert trainer.state.step == 3
 
 
+def test_init_from_starts_from_an_exports_weights(tmp_path):
+    _, export = train(tmp_path / "a", max_steps=3)
+    saved = load_file(export / "model" / "model.safetensors")
+    # lr 0: the one step leaves the weights where --init_from put them; the empty folder with
+    # --resume_from_checkpoint latest is a requeued job's first start, which must initialise too.
+    tuned, _ = train(tmp_path / "b", max_steps=1, learning_rate=0.0, init_from=str(export),
+                     resume_from_checkpoint="latest")
+    weights = tuned.accelerator.unwrap_model(tuned.model).state_dict()
+    assert saved.keys() == weights.keys()
+    assert all(torch.equal(saved[k], weights[k]) for k in saved)
+    assert all(torch.equal(saved[k], tuned.ema.shadow[k]) for k in tuned.ema.shadow)
+    fresh, _ = train(tmp_path / "c", max_steps=1, learning_rate=0.0)  # the same seed without --init_from
+    changed = [k for k, v in fresh.accelerator.unwrap_model(fresh.model).state_dict().items()
+               if not torch.equal(v, saved[k])]
+    assert len(changed) > len(saved) // 2
+
+
+def test_init_from_refuses_another_model_and_names_the_option(tmp_path):
+    _, export = train(tmp_path / "a", max_steps=3)
+    with pytest.raises(ValueError, match=r"another model than the export's \(export -> this run: "
+                                         r"hidden_size: 32 -> 64"):
+        train(tmp_path / "b", task_kw={"hidden_size": 64}, init_from=str(export))
+    with pytest.raises(FileNotFoundError, match=r"--init_from .*nowhere: no model.safetensors.*export/ folder"):
+        train(tmp_path / "c", init_from=str(tmp_path / "nowhere"))
+    assert not (tmp_path / "b" / "run" / "run.json").exists()  # refused before the run began
+    assert load_file(export / "model" / "model.safetensors")  # the export is untouched
+
+
 def test_rotation_keeps_newest(tmp_path):
     train(tmp_path, max_steps=9, checkpointing_steps=2, checkpoints_total_limit=2)
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())

@@ -460,6 +460,16 @@ class TextTask:
         self.dataset = self.build_dataset(corpus)
         self.model = TextModel(self.model_config())
 
+    def check_init_from(self, export: Path) -> None:
+        """Fine-tuning (``--init_from``) needs the export's tokenizer: the same vocabulary size with
+        other pieces would silently map every id to another token's embedding."""
+        folder = Path(export) / "tokenizer"
+        if not folder.is_dir() or (self.tokenizer.config.digest and
+                                   load_tokenizer(folder).config.digest == self.tokenizer.config.digest):
+            return
+        raise ValueError(f"--init_from {export}: its tokenizer is not the one this run uses "
+                         f"(--tokenizer {self.args.tokenizer}); pass --tokenizer {folder}")
+
     def build_dataset(self, corpus) -> TokenWindows:
         L, tok = self.args.max_length, self.tokenizer
         if corpus.tokens is not None:  # token-level data (markov): one window per sequence
