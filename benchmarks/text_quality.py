@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import mmdiff  # noqa: E402
 from mmdiff.data.text import MarkovChain, markov_corpus  # noqa: E402
-from mmdiff.training import keep_freed_memory  # noqa: E402
+from mmdiff.training import keep_freed_memory, resolve_precision  # noqa: E402
 from benchmarks.common import DOC, machine, median_time, pin_threads, table, update_section  # noqa: E402
 from recipes.text_eval import generate, heldout, markov_scores, perplexity, text_scores  # noqa: E402
 
@@ -46,6 +46,7 @@ STOCHASTIC = ("euler_ancestral", "dpmpp_2m_sde")  # extra rows at 64 steps: the 
 GAP_SIGMAS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 20.0)
 TEMPERATURES = (1.0, 0.7, 0.5, 0.3)
 TRAINING_SIGMAS = (1.0, 2.0, 3.0, 5.0, 10.0)
+STEPS_PER_TIMING = 4
 
 
 def command(part: str, args) -> str:
@@ -265,24 +266,32 @@ def throughput(args) -> str:
     rows = []
     L, B = diff.max_length, args.train_batch
     tokens = torch.randint(4, diff.model.config.vocab_size, (B, L))
+    # fp32, and bf16 autocast where the Trainer's `--mixed_precision auto` picks it (this CPU's default)
+    precisions = ["fp32"] + (["bf16"] if resolve_precision("auto") == "bf16" else [])
     fns = {}
     for name, pipe in (("diffusion", diff), ("AR", ar)):
         model = pipe.model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # as the Trainer
-
-        def step(model=model, opt=opt):
-            out = model(tokens)
-            out["loss"].backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        fns[name] = step
-    times = {name: [] for name in fns}
+        for precision in precisions:
+            def steps(model=model, opt=opt, bf16=precision == "bf16"):
+                for _ in range(STEPS_PER_TIMING):  # diffusion: half the steps add a self-conditioning pass
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        out = model(tokens)
+                    out["loss"].backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            fns[name, precision] = steps
+    times = {key: [] for key in fns}
     for _ in range(args.repeats):
-        for name, fn in fns.items():
-            times[name].append(median_time(fn, warmup=1, repeats=1))
-    for name in fns:
-        sec = sorted(times[name])[len(times[name]) // 2]
-        rows.append([f"{name} training step", f"{B} x {L}", sec, B * L / sec])
+        for key, fn in fns.items():
+            times[key].append(median_time(fn, warmup=1, repeats=1) / STEPS_PER_TIMING)
+    for (name, precision), ts in times.items():
+        sec = sorted(ts)[len(ts) // 2]
+        rows.append([f"{name} training step, {precision}", f"{B} x {L}", sec, B * L / sec])
+    for precision in precisions:  # the ratio of each alternated round, then the median
+        ratios = sorted(d / a for d, a in zip(times["diffusion", precision], times["AR", precision]))
+        rows.append([f"diffusion / AR step time, {precision} (median of per-round ratios)", "-",
+                     ratios[len(ratios) // 2], "-"])
     for pipe in (diff, ar):
         pipe.model.eval()
     n = args.sample_batch
@@ -300,10 +309,12 @@ def throughput(args) -> str:
     c = diff.model.config
     params = {name: sum(p.numel() for p in pipe.model.parameters()) for name, pipe in (("diffusion", diff), ("AR", ar))}
     md = (f"Both models {c.depth} x {c.hidden_size} (diffusion {params['diffusion'] / 1e6:.2f}M parameters, AR "
-          f"{params['AR'] / 1e6:.2f}M), vocabulary {c.vocab_size}, float32 on the CPU, freed memory kept as the "
-          f"Trainer keeps it (`keep_freed_memory`). A diffusion training step "
-          f"includes the self-conditioning forward on half of the batches and the time-warp fit. Median of "
-          f"{args.repeats} alternated runs.\n\n"
+          f"{params['AR'] / 1e6:.2f}M), vocabulary {c.vocab_size}, training in float32 and under bf16 autocast "
+          f"(the Trainer's CPU default where the CPU computes bf16 natively), sampling in float32, freed memory "
+          f"kept as the Trainer keeps it (`keep_freed_memory`). A diffusion training step includes the "
+          f"self-conditioning forward on half of the batches and the time-warp fit. Training: median over "
+          f"{args.repeats} alternated rounds of {STEPS_PER_TIMING} steps each; sampling: median of "
+          f"{max(1, args.repeats // 2)} alternated runs.\n\n"
           + table(["what", "batch", "seconds", "tokens/s"], rows)
           + f"\n\n{machine()}; {load_avg()} at the end of the run (shared machine: absolute numbers move with "
           f"the load, the ratios less so).\n\n"

@@ -263,22 +263,48 @@ def attention_and_grads(fn, q, k, v, grad):
     return [out, q.grad, k.grad, v.grad]
 
 
-def test_scores_attention_equals_sdpa_with_gradients():
+def key_padding(lengths, n):
+    return (torch.arange(n)[None] < torch.tensor(lengths)[:, None])[:, None, None, :]  # (B, 1, 1, M)
+
+
+# (mask, causal) as the text model passes them: none, right padding, causal (the AR baseline)
+MASKINGS = [(None, False), (key_padding([16, 9], 16), False), (None, True)]
+
+
+@pytest.mark.parametrize("mask, causal", MASKINGS, ids=["plain", "padding", "causal"])
+def test_scores_attention_equals_sdpa_with_gradients(mask, causal):
     g = torch.Generator().manual_seed(0)
     q, k, v, grad = (torch.randn(2, 3, 16, 8, generator=g) for _ in range(4))
-    ours = attention_and_grads(ScoresAttention.apply, 3 * q, k, v, grad)
-    ref = attention_and_grads(F.scaled_dot_product_attention, 3 * q, k, v, grad)
+    ours = attention_and_grads(lambda *a: ScoresAttention.apply(*a, mask, causal), 3 * q, k, v, grad)
+    ref = attention_and_grads(partial(F.scaled_dot_product_attention, attn_mask=mask, is_causal=causal),
+                              3 * q, k, v, grad)
+    for a, b in zip(ours, ref):
+        assert (a - b).abs().max() < 1e-5
+    if mask is not None:  # padded keys get no gradient and change nothing
+        assert ours[2][1, :, 9:].abs().max() == 0 and ours[3][1, :, 9:].abs().max() == 0
+
+
+def test_scores_attention_applies_padding_and_causal_together():
+    g = torch.Generator().manual_seed(0)
+    q, k, v, grad = (torch.randn(2, 3, 16, 8, generator=g) for _ in range(4))
+    mask = key_padding([16, 9], 16)
+    ours = attention_and_grads(lambda *a: ScoresAttention.apply(*a, mask, True), q, k, v, grad)
+    both = mask & torch.ones(16, 16, dtype=torch.bool).tril()
+    ref = attention_and_grads(partial(F.scaled_dot_product_attention, attn_mask=both), q, k, v, grad)
     for a, b in zip(ours, ref):
         assert (a - b).abs().max() < 1e-5
 
 
-def test_scores_attention_in_bfloat16_is_as_accurate_as_flash():
+@pytest.mark.parametrize("mask, causal", MASKINGS, ids=["plain", "padding", "causal"])
+def test_scores_attention_in_bfloat16_is_as_accurate_as_flash(mask, causal):
     g = torch.Generator().manual_seed(0)
     q, k, v, grad = (torch.randn(2, 3, 64, 16, generator=g, dtype=torch.float64) for _ in range(4))
-    ref = attention_and_grads(F.scaled_dot_product_attention, 3 * q, k, v, grad)
+    mask = None if mask is None else key_padding([64, 37], 64)
+    sdpa = partial(F.scaled_dot_product_attention, attn_mask=mask, is_causal=causal)
+    ref = attention_and_grads(sdpa, 3 * q, k, v, grad)
     low = [t.bfloat16() for t in (3 * q, k, v, grad)]
-    ours = attention_and_grads(ScoresAttention.apply, *low)
-    flash = attention_and_grads(F.scaled_dot_product_attention, *low)
+    ours = attention_and_grads(lambda *a: ScoresAttention.apply(*a, mask, causal), *low)
+    flash = attention_and_grads(sdpa, *low)
     for a, b, r in zip(ours, flash, ref):
         scale = r.abs().max()
         # within 2x of the flash kernel's own bfloat16 error, which is a few bfloat16 epsilons
@@ -320,18 +346,19 @@ def test_adaln_modulation_is_float32_under_cpu_autocast():
     assert (autocast[:, None].float() - exact).abs().max() > (got.float() - exact).abs().max()
 
 
-def test_attend_uses_sdpa_when_masked_causal_long_or_float32(monkeypatch):
+def test_attend_uses_sdpa_for_additive_masks_long_keys_or_float32(monkeypatch):
     used = []
     monkeypatch.setattr(ScoresAttention, "apply", lambda *a: used.append("explicit") or a[0])
     q = torch.randn(1, 2, 8, 4, dtype=torch.bfloat16)
     long = torch.randn(1, 2, 4 * 4 + 1, 4, dtype=torch.bfloat16)  # more than 4 * head_dim keys
     attend(q, q, q)
-    assert used == ["explicit"]
     attend(q, q, q, mask=torch.ones(1, 1, 1, 8, dtype=torch.bool))
     attend(q, q, q, causal=True)
+    assert used == ["explicit"] * 3
+    attend(q, q, q, mask=torch.zeros(1, 1, 1, 8, dtype=torch.bfloat16))  # additive: SDPA
     attend(q.float(), q.float(), q.float())
     attend(q, long, long)
-    assert used == ["explicit"]
+    assert used == ["explicit"] * 3
 
 
 # ------------------------------------------------------------- checkpointing, save, bfloat16

@@ -3,7 +3,7 @@
 One ``DiTBlock`` serves every modality. Its self-attention runs over all tokens ("joint"), over
 the tokens of each frame ("spatial") or over each spatial position across frames ("temporal");
 the last two only regroup the token tensor with einops, so frame attention never forms a
-(T*H*W)^2 attention matrix. Attention is SDPA, except short unmasked bfloat16 sequences on the
+(T*H*W)^2 attention matrix. Attention is SDPA, except short bfloat16 sequences on the
 CPU, which train faster written out (``ScoresAttention``, float32 scores as in the flash kernel).
 Conditioning is adaLN-Zero on noise level (+ class label), with optional cross-attention to a
 sequence of context embeddings (text encoders).
@@ -94,19 +94,27 @@ class TimestepEmbedder(nn.Module):
 
 class ScoresAttention(torch.autograd.Function):
     """``softmax(q k^T / sqrt(d)) v`` written out, for short bfloat16 sequences on the CPU, where
-    PyTorch's flash kernel trains ~1.5x slower than plain batched matmuls (benchmarks/dit_train.py).
-    Scores and softmax stay float32 as in the flash kernel; the products with the probabilities
-    and the gradients run in bfloat16. Saves the probabilities (B, H, N, M) where flash saves a
-    log-sum-exp (B, H, N)."""
+    PyTorch's flash kernel trains ~1.5x slower than plain batched matmuls (benchmarks/dit_train.py)
+    and its masked or causal backward slower still. Scores and softmax stay float32 as in the flash
+    kernel; the products with the probabilities and the gradients run in bfloat16. ``mask``: a
+    boolean broadcastable to (B, H, N, M), True where a query may attend (SDPA's convention);
+    ``causal``: queries attend to keys at their position and before. Saves the probabilities
+    (B, H, N, M) where flash saves a log-sum-exp (B, H, N)."""
 
     @staticmethod
-    def forward(ctx, q, k, v):
+    def forward(ctx, q, k, v, mask=None, causal=False):
         # Dense copies of the strided views of the fused qkv output: every product below reads
         # them, and matmul would otherwise copy them each time.
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # (B, H, N, d), (B, H, M, d)
         scale = q.shape[-1] ** -0.5
         q32 = q.to(torch.float32, copy=True).mul_(scale)
-        p = (q32 @ k.float().transpose(-1, -2)).softmax(-1).to(v.dtype)  # (B, H, N, M)
+        scores = q32 @ k.float().transpose(-1, -2)  # (B, H, N, M)
+        if causal:
+            mask = _causal(q.shape[-2], k.shape[-2], q.device) if mask is None else mask & _causal(
+                q.shape[-2], k.shape[-2], q.device)
+        if mask is not None:
+            scores.masked_fill_(~mask, float("-inf"))
+        p = scores.softmax(-1).to(v.dtype)
         ctx.save_for_backward(q, k, v, p)
         # Stored (B, N, H, d) like flash's output, so merging the heads afterwards is a free view.
         return (p @ v).transpose(1, 2).contiguous().transpose(1, 2)  # (B, H, N, d)
@@ -117,10 +125,15 @@ class ScoresAttention(torch.autograd.Function):
         scale = q.shape[-1] ** -0.5
         # ATen's fused softmax backward, p * (dp - rowsum(dp * p)), accumulates in float32 and
         # reads the bfloat16 operands directly; written out with a float32 copy, the mixed-dtype
-        # product alone took as long as a (N, M) matmul.
+        # product alone took as long as a (N, M) matmul. Masked entries have p = 0, so no gradient.
         ds = torch.ops.aten._softmax_backward_data(grad @ v.transpose(-1, -2), p, -1, p.dtype)
         # 1/sqrt(d) goes on the (N, d) results, a quarter the size of ds at M = 4d.
-        return (ds @ k).mul_(scale), (ds.transpose(-1, -2) @ q).mul_(scale), p.transpose(-1, -2) @ grad
+        return (ds @ k).mul_(scale), (ds.transpose(-1, -2) @ q).mul_(scale), p.transpose(-1, -2) @ grad, None, None
+
+
+def _causal(n: int, m: int, device) -> Tensor:
+    """SDPA's ``is_causal`` pattern: query i sees keys 0..i (top-left aligned)."""
+    return torch.ones(n, m, dtype=torch.bool, device=device).tril()
 
 
 # Any attention keeps q, k, v and its output for backward: 4 * D values per query. The explicit
@@ -129,11 +142,13 @@ KEPT_FOR_BACKWARD = 4
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-    """Attention over (B, H, N, d) queries and (B, H, M, d) keys/values: SDPA, except unmasked
-    bfloat16 on the CPU with short keys (``ScoresAttention``), at most doubling attention memory."""
+    """Attention over (B, H, N, d) queries and (B, H, M, d) keys/values, ``mask`` boolean (True
+    attends) or additive: SDPA, except bfloat16 on the CPU with short keys and no additive mask
+    (``ScoresAttention``), at most doubling attention memory."""
     short = k.shape[-2] <= KEPT_FOR_BACKWARD * q.shape[-1]
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and mask is None and not causal and short:
-        return ScoresAttention.apply(q, k, v)
+    boolean = mask is None or mask.dtype == torch.bool
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and boolean and short:
+        return ScoresAttention.apply(q, k, v, mask, causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
 
 
