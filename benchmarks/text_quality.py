@@ -47,11 +47,16 @@ GAP_SIGMAS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 20.0)
 TEMPERATURES = (1.0, 0.7, 0.5, 0.3)
 TRAINING_SIGMAS = (1.0, 2.0, 3.0, 5.0, 10.0)
 STEPS_PER_TIMING = 4
+# the options a reported command repeats when a run changed them
+OPTION_DEFAULTS = {"heldout_windows": 512, "seed": 0, "train_batch": 32, "sample_batch": 32, "sample_steps": 64,
+                   "repeats": 6}
 
 
 def command(part: str, args) -> str:
     threads = f"OMP_NUM_THREADS={torch.get_num_threads()} BENCH_THREADS={torch.get_num_threads()} "
-    return f"`{threads}python benchmarks/text_quality.py {part} --diffusion {args.diffusion} --ar {args.ar}`"
+    extra = "".join(f" --{k} {getattr(args, k)}" for k, default in OPTION_DEFAULTS.items()
+                    if getattr(args, k) != default)
+    return f"`{threads}python benchmarks/text_quality.py {part} --diffusion {args.diffusion} --ar {args.ar}{extra}`"
 
 
 def shuffled(ids: torch.Tensor, lengths: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -329,12 +334,12 @@ def main(argv=None):
     parser.add_argument("--diffusion", required=True)
     parser.add_argument("--ar", required=True)
     parser.add_argument("--num_samples", type=int, default=None)
-    parser.add_argument("--heldout_windows", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train_batch", type=int, default=32)
-    parser.add_argument("--sample_batch", type=int, default=32)
-    parser.add_argument("--sample_steps", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--heldout_windows", type=int, default=OPTION_DEFAULTS["heldout_windows"])
+    parser.add_argument("--seed", type=int, default=OPTION_DEFAULTS["seed"])
+    parser.add_argument("--train_batch", type=int, default=OPTION_DEFAULTS["train_batch"])
+    parser.add_argument("--sample_batch", type=int, default=OPTION_DEFAULTS["sample_batch"])
+    parser.add_argument("--sample_steps", type=int, default=OPTION_DEFAULTS["sample_steps"])
+    parser.add_argument("--repeats", type=int, default=OPTION_DEFAULTS["repeats"])
     args = parser.parse_args(argv)
     args.num_samples = args.num_samples or {"markov": 128, "docstrings": 64, "temperature": 64, "training": 64,
                                            "throughput": 0}[args.part]
