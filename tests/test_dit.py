@@ -284,6 +284,16 @@ def test_scores_attention_equals_sdpa_with_gradients(mask, causal):
         assert ours[2][1, :, 9:].abs().max() == 0 and ours[3][1, :, 9:].abs().max() == 0
 
 
+def test_scores_attention_gives_zero_where_nothing_may_be_attended_like_sdpa():
+    g = torch.Generator().manual_seed(0)
+    q, k, v, grad = (torch.randn(2, 3, 4, 8, generator=g, dtype=torch.bfloat16) for _ in range(4))
+    empty = key_padding([4, 0], 4)  # the second sample's context is empty (as for guidance's blank prompt)
+    ours = attention_and_grads(lambda *a: ScoresAttention.apply(*a, empty, False), q, k, v, grad)
+    ref = attention_and_grads(partial(F.scaled_dot_product_attention, attn_mask=empty), q, k, v, grad)
+    assert torch.equal(ours[0][1], torch.zeros_like(ours[0][1])) and torch.equal(ref[0][1], ours[0][1])
+    assert all(torch.isfinite(t).all() for t in ours) and ours[1][1].abs().max() == 0
+
+
 def test_scores_attention_applies_padding_and_causal_together():
     g = torch.Generator().manual_seed(0)
     q, k, v, grad = (torch.randn(2, 3, 16, 8, generator=g) for _ in range(4))

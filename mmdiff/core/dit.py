@@ -114,7 +114,10 @@ class ScoresAttention(torch.autograd.Function):
                 q.shape[-2], k.shape[-2], q.device)
         if mask is not None:
             scores.masked_fill_(~mask, float("-inf"))
-        p = scores.softmax(-1).to(v.dtype)
+        p = scores.softmax(-1)
+        if mask is not None:  # a query with no key to attend to (an empty context) gets 0, as in SDPA
+            p.masked_fill_(~mask.any(-1, keepdim=True), 0.0)
+        p = p.to(v.dtype)
         ctx.save_for_backward(q, k, v, p)
         # Stored (B, N, H, d) like flash's output, so merging the heads afterwards is a free view.
         return (p @ v).transpose(1, 2).contiguous().transpose(1, 2)  # (B, H, N, d)
