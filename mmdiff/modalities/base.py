@@ -40,7 +40,8 @@ class Task(Protocol):
     def export(self, model: nn.Module, folder: Path) -> Path: ...  # save_pretrained of the pipeline
     def signature(self) -> dict: ...  # what must match to resume (modality, model config)
     def config(self) -> dict: ...  # the task's options, for logs and run.json
-    # optional: collate(items) -> batch
+    # optional: collate(items) -> batch; check_init_from(export) -> None, raising when an export
+    # given to --init_from does not fit the run beyond the model's config (text: its tokenizer)
 
 
 @dataclass
