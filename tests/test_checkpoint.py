@@ -37,6 +37,19 @@ def test_round_trip_is_bitwise_and_config_is_in_header(tmp_path):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
 
 
+def test_saved_weights_are_as_readable_as_any_file_the_user_writes(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        small_dit().save_pretrained(tmp_path / "m")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "m" / "model.safetensors") == mode(tmp_path / "plain.txt") == 0o644
+    assert mode(tmp_path / "m") == 0o755  # safetensors alone writes 0600 (others could not load it)
+
+
 def test_half_precision_save(tmp_path):
     small_dit().save_pretrained(tmp_path / "m", dtype=torch.bfloat16)
     tensors = load_file(str(tmp_path / "m" / "model.safetensors"))

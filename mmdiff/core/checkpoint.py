@@ -128,9 +128,7 @@ class _AtomicDir:
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like mkdir's
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like mkdir's
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
@@ -185,6 +183,15 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         storages.add(t.untyped_storage().data_ptr())
         out[name] = t
     save_file(out, str(path), metadata=metadata or {})
+    # safetensors creates the file 0600; an export should be as readable as any file the user writes
+    # (a shared cluster's group reads a colleague's model)
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
