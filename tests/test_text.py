@@ -439,9 +439,9 @@ def test_fine_tuning_the_shipped_model_on_ones_own_texts(tmp_path):
 def test_shipped_model_denoises_held_out_docstrings():
     """Quality guard for the shipped model: cross-entropy of 256 held-out python-docstrings windows
     from its logits at noise level 2, after one self-conditioning pass as in sampling. The shipped
-    16000-step export scores 1.77 nats/token with this noise (1.75-1.81 over eight seeds), the
-    8000-step one shipped before it 1.95 (1.93-2.10), the 2000-step one 2.47; the data's unigram
-    entropy is ~5.7."""
+    export (16000 steps, then 50000 more from it) scores 1.59 nats/token with this noise
+    (1.57-1.60 over eight seeds), the 16000-step one shipped before it 1.77 (1.75-1.78), the
+    8000-step one 1.95, the 2000-step one 2.47; the data's unigram entropy is ~5.7."""
     from recipes.text_eval import heldout
     pipe = mmdiff.pipeline("text")
     ids, lengths = heldout(pipe, "python-docstrings", 512)
@@ -453,4 +453,4 @@ def test_shipped_model_denoises_held_out_docstrings():
         x0, _ = model.denoise(x, sigma)
         _, logits = model.denoise(x, sigma, x0)
     assert len(tokens) == 256
-    assert F.cross_entropy(logits.flatten(0, 1), tokens.flatten()).item() < 1.86
+    assert F.cross_entropy(logits.flatten(0, 1), tokens.flatten()).item() < 1.68
