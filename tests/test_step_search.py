@@ -49,6 +49,20 @@ def test_beats_karras_on_a_held_out_model(optimized):
     assert ours < endpoint_rms(held_out, logsnr)
 
 
+def test_starts_from_a_schedule_of_ones_own(optimized):
+    """``init`` joins the standard grids as a start: with no sweep, the search returns the best
+    start, which for the fitted schedule fed back in is that schedule itself."""
+    kwargs = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, iterations=0, num_samples=128, reference_steps=200,
+                  generator=0)
+    assert torch.allclose(optimize_sigmas(mixture(0), prior, "dpmpp_2m", 5, init=optimized, **kwargs), optimized,
+                          rtol=1e-12)
+    assert not torch.allclose(optimize_sigmas(mixture(0), prior, "dpmpp_2m", 5, **kwargs), optimized)
+    with pytest.raises(ValueError, match="6 values for 5 steps|expected 6"):
+        optimize_sigmas(mixture(0), prior, "dpmpp_2m", 5, init=optimized[1:], **kwargs)
+    with pytest.raises(ValueError, match="outside sigma_max"):
+        optimize_sigmas(mixture(0), prior, "dpmpp_2m", 5, init=optimized * 2, **kwargs)
+
+
 def test_fixed_sigma_min_and_reproducibility():
     kwargs = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, iterations=2, num_samples=32, reference_steps=50,
                   fix_sigma_min=True, generator=3)

@@ -139,6 +139,34 @@ def test_score_interpolation_is_softmax_at_E_with_self_conditioning():
     assert (second.norm(dim=-1) <= math.sqrt(8) + 1e-4).all()
 
 
+def test_self_conditioning_can_be_switched_off_per_solve():
+    """``self_conditioning=False`` feeds zeros, as on the training batches without a previous
+    estimate: every call is the plain softmax interpolation, and the pipeline's samples change."""
+    model = tiny()
+    x, sigma = 3 * torch.randn(2, 12, 8), torch.full((2,), 3.0)
+    den = ScoreInterpolation(model)
+    plain = torch.softmax(model.logits(x, sigma), -1) @ model.embeddings()
+    for _ in range(2):
+        assert torch.allclose(den(x, sigma, self_conditioning=False), plain, atol=1e-6)
+    assert den.prev is None
+    pipe = pipe_for(model, steps=8)
+    kw = dict(num_samples=16, length=12, generator=0)
+    on, off = pipe.generate_ids(**kw), pipe.generate_ids(self_conditioning=False, **kw)
+    assert torch.equal(on, pipe.generate_ids(self_conditioning=True, **kw)) and not torch.equal(on, off)
+
+
+def test_one_score_interpolation_serves_many_solves():
+    """A solve that starts above the last call's level forgets the previous solve's estimate, so a
+    reused denoiser (a step search solves hundreds of times) gives each solve's own result."""
+    model = tiny()
+    sigmas = torch.tensor([50.0, 10.0, 3.0, 1.0, 0.0])
+    x = 50 * torch.randn(3, 12, 8, generator=torch.Generator().manual_seed(0))
+    fresh = sample(ScoreInterpolation(model), x.clone(), sigmas, "dpmpp_2m", progress=False)
+    den = ScoreInterpolation(model)
+    for _ in range(2):
+        assert torch.equal(sample(den, x.clone(), sigmas, "dpmpp_2m", progress=False), fresh)
+
+
 def test_score_interpolation_temperature_sharpens_the_softmax():
     model = tiny()
     x, sigma = 3 * torch.randn(2, 12, 8), torch.full((2,), 3.0)

@@ -50,7 +50,7 @@ def endpoint_error(denoiser: Denoiser, x: Tensor, sigmas: Tensor, sampler: str, 
 def optimize_sigmas(denoiser: Denoiser, x_prior_sampler: Callable[[int, torch.Generator], Tensor],
                     sampler: str = "dpmpp_2m", steps: int = 10, *, sigma_min: float, sigma_max: float,
                     iterations: int = 12, num_samples: int = 512, reference_sampler: str = "dpmpp_3m",
-                    reference_steps: int = 400, fix_sigma_min: bool = False,
+                    reference_steps: int = 400, fix_sigma_min: bool = False, init: Tensor | None = None,
                     generator: torch.Generator | int | None = None, **options) -> Tensor:
     """A ``steps``-step schedule for ``sampler``: ``sigma_max``, ``steps - 1`` optimised levels
     no lower than ``sigma_min``, then 0 (float64, strictly decreasing). With ``fix_sigma_min`` the
@@ -63,7 +63,9 @@ def optimize_sigmas(denoiser: Denoiser, x_prior_sampler: Callable[[int, torch.Ge
     on one fixed batch of ``num_samples`` starts (fewer than ~500 fits that batch rather than the
     model). ``iterations`` is the number of coordinate sweeps; each costs up to ``2 * (steps - 1)``
     solves of ``evaluations(sampler, steps)`` denoiser calls. ``options`` go to the sampler
-    (e.g. ``order=3`` for unipc).
+    (e.g. ``order=3`` for unipc). ``init``, a ``steps``-step schedule of one's own (``steps + 1``
+    levels from ``sigma_max`` down to 0, e.g. a text model's learned warp spacing), joins the
+    standard grids as a starting point; the search starts from whichever solves best.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}'; choose one of {sorted(SAMPLERS)}")
@@ -77,6 +79,8 @@ def optimize_sigmas(denoiser: Denoiser, x_prior_sampler: Callable[[int, torch.Ge
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
     if isinstance(generator, int):
         generator = torch.Generator().manual_seed(generator)
+    if init is not None:
+        init = _check_init(init, steps, sigma_min, sigma_max, fix_sigma_min)
 
     x = x_prior_sampler(num_samples, generator)
     reference = sample(denoiser, x.clone(), fine_sigmas(reference_steps, sigma_min, sigma_max),
@@ -91,6 +95,8 @@ def optimize_sigmas(denoiser: Denoiser, x_prior_sampler: Callable[[int, torch.Ge
     ends = [sigma_min] if fix_sigma_min else [sigma_min * (sigma_max / sigma_min) ** (k / 8) for k in range(4)]
     starts = [family(steps, end, sigma_max).log().tolist() for end in ends
               for family in (karras_sigmas, _logsnr, _flow_time)]
+    if init is not None:
+        starts.append(init[:-1].log().tolist())
     losses = [loss(u) for u in starts]
     u, best = starts[losses.index(min(losses))], min(losses)
     free = range(1, steps - 1 if fix_sigma_min else steps)
@@ -118,6 +124,27 @@ def optimize_sigmas(denoiser: Denoiser, x_prior_sampler: Callable[[int, torch.Ge
     if fix_sigma_min:
         sigmas[-2] = sigma_min
     return sigmas
+
+
+def _check_init(init, steps: int, sigma_min: float, sigma_max: float, fix_sigma_min: bool) -> Tensor:
+    init = torch.as_tensor(init, dtype=torch.float64).flatten()
+    levels = init[:-1]
+    problem = None
+    if len(init) != steps + 1:
+        problem = f"{len(init)} values for {steps} steps (expected {steps + 1}: the levels, then 0)"
+    elif float(init[-1]) != 0 or not bool(torch.all(levels[:-1] > levels[1:])):
+        problem = "not strictly decreasing to a final 0"
+    elif not math.isclose(float(levels[0]), sigma_max, rel_tol=1e-5) or float(levels[-1]) < sigma_min * (1 - 1e-5):
+        problem = (f"its levels run from {float(levels[0]):g} to {float(levels[-1]):g}, "
+                   f"outside sigma_max {sigma_max:g} .. sigma_min {sigma_min:g}")
+    elif fix_sigma_min and not math.isclose(float(levels[-1]), sigma_min, rel_tol=1e-5):
+        problem = f"fix_sigma_min needs its last level at sigma_min {sigma_min:g}, found {float(levels[-1]):g}"
+    if problem:
+        raise ValueError(f"init schedule: {problem}")
+    levels = levels.clone()
+    levels[0] = sigma_max
+    levels[-1] = levels[-1].clamp(min=sigma_min)
+    return torch.cat([levels, init[-1:]])
 
 
 def _logsnr(steps: int, sigma_min: float, sigma_max: float) -> Tensor:

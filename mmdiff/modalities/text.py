@@ -35,7 +35,7 @@ from torch import nn
 
 from ..core.checkpoint import PretrainedMixin, config_to_dict
 from ..core.dit import DiT, DiTConfig
-from ..core.parametrization import LevelMemo, append_dims, sample_training_sigmas
+from ..core.parametrization import LevelMemo, append_dims, host_level, sample_training_sigmas
 from ..core.patch import PatchConfig
 from ..core.samplers import per_sample_generators
 from ..core.schedules import EDMSchedule
@@ -302,16 +302,23 @@ register_component(TextModel)
 class ScoreInterpolation:
     """The denoiser the core samplers call: ``D(x, sigma) = softmax(logits) @ E``.
 
-    Self-conditioning needs the previous estimate and samplers are stateless, so it lives here: one
-    object per solve. ``last_logits`` is kept for callers that want token probabilities."""
+    Self-conditioning needs the previous estimate and samplers are stateless, so it lives here.
+    Every sampler calls at non-increasing levels, so a call at a higher (tagged) level than the last
+    one starts a new solve and forgets the old estimate: one object serves many solves (a step
+    search). ``last_logits`` is kept for callers that want token probabilities."""
 
     def __init__(self, model: TextModel):
-        self.model, self.prev, self.last_logits = model, None, None
+        self.model, self.prev, self.last_logits, self.level = model, None, None, None
 
-    def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        prev = self.prev if self.prev is not None and self.prev.shape == x.shape else None
+    def __call__(self, x: Tensor, sigma: Tensor, self_conditioning: bool = True, **cond) -> Tensor:
+        use = self_conditioning and self.model.config.self_conditioning
+        level = host_level(sigma)
+        if level is not None and self.level is not None and level > self.level:
+            self.prev = None
+        self.level = level
+        prev = self.prev if use and self.prev is not None and self.prev.shape == x.shape else None
         x0, self.last_logits = self.model.denoise(x, sigma, prev, **cond)
-        if self.model.config.self_conditioning:
+        if use:
             self.prev = x0
         return x0.to(x.dtype)
 
@@ -613,12 +620,14 @@ class TextPipeline(Pipeline):
                      *, num_samples: int | None = None, length: int | None = None,
                      num_inference_steps: int | None = None, sampler: str | None = None,
                      spacing: str | None = None, generator=None, temperature: float = 1.0,
-                     progress: bool = False, **sampler_options) -> Tensor:
+                     self_conditioning: bool = True, progress: bool = False, **sampler_options) -> Tensor:
         """Token ids (B, L): positions where ``given`` is true keep ``ids``; rows are ``lengths``
         long (attention-masked beyond). Without ``ids``: ``num_samples`` rows of ``length`` tokens,
         starting with the tokenizer's ``bos`` when it has one. ``temperature`` < 1 samples colder:
         the AR model's token draws, or the diffusion denoiser's score interpolation
-        ``softmax(logits / temperature) @ E`` (0: greedy / the argmax token's embedding)."""
+        ``softmax(logits / temperature) @ E`` (0: greedy / the argmax token's embedding).
+        ``self_conditioning=False`` gives a self-conditioned model zeros in place of its previous
+        estimate at every step, as on the training steps without it (an ablation: docs/text.md)."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if ids is None:
@@ -640,6 +649,8 @@ class TextPipeline(Pipeline):
         cond = {} if bool(mask.all()) else {"attention_mask": mask}
         if temperature != 1.0:
             cond["temperature"] = temperature
+        if not self_conditioning:
+            cond["self_conditioning"] = False
         keep = {}
         if bool(given.any()):
             keep = dict(known=E[ids], mask=given[..., None].expand(B, L, E.shape[1]).float(), mask_kwarg="given")
