@@ -200,6 +200,14 @@ def docstrings(args) -> str:
         rows.append(["diffusion", sampler, steps, s["gen_ppl"], s["entropy"], s["distinct2"], s["distinct3"],
                      time.time() - t0])
         print(rows[-1], flush=True)
+    # the same samples drawn with bf16 weights (scored by the float32 AR baseline): sampling's fast path
+    for name, path, kw in (("diffusion, bf16 weights", args.diffusion, {"num_inference_steps": 64, "sampler": "dpmpp_2m"}),
+                           ("AR baseline, bf16 weights", args.ar, {})):
+        t0, fast = time.time(), load(path).to(dtype=torch.bfloat16)
+        s = text_scores(generate(fast, n, seed=args.seed, **kw), fast, ar)
+        rows.append([name, kw.get("sampler", "-"), kw.get("num_inference_steps", "-"), s["gen_ppl"], s["entropy"],
+                     s["distinct2"], s["distinct3"], time.time() - t0])
+        print(rows[-1], flush=True)
     sample = diff(num_samples=2, length=diff.max_length, generator=0, num_inference_steps=64)
     cont = diff("The function returns", max_new_tokens=32, generator=0, num_inference_steps=64)
     md = (f"**python-docstrings**: {n} samples of {diff.max_length} tokens per row (starting at a document "
@@ -359,25 +367,31 @@ def throughput(args) -> str:
         ratios = sorted(d / a for d, a in zip(times["diffusion", precision], times["AR", precision]))
         rows.append([f"diffusion / AR step time, {precision} (median of per-round ratios)", "-",
                      ratios[len(ratios) // 2], "-"])
-    for pipe in (diff, ar):
+    # sampling with float32 weights, and bf16 weights where the CPU computes bf16 natively
+    pipes = {("diffusion", "fp32"): diff, ("AR", "fp32"): ar}
+    if "bf16" in precisions:
+        pipes["diffusion", "bf16"] = load(args.diffusion).to(dtype=torch.bfloat16)
+        pipes["AR", "bf16"] = load(args.ar).to(dtype=torch.bfloat16)
+    for pipe in pipes.values():
         pipe.model.eval()
     n = args.sample_batch
     kw = {"diffusion": {"num_inference_steps": args.sample_steps, "sampler": "dpmpp_2m"}, "AR": {}}
-    samp = {name: [] for name in kw}
+    samp = {key: [] for key in pipes}
     for _ in range(max(1, args.repeats // 2)):
-        for name, pipe in (("diffusion", diff), ("AR", ar)):
+        for (name, precision), pipe in pipes.items():
             t0 = time.perf_counter()
             generate(pipe, n, seed=0, **kw[name])
-            samp[name].append(time.perf_counter() - t0)
-    for name in kw:
-        sec = sorted(samp[name])[len(samp[name]) // 2]
+            samp[name, precision].append(time.perf_counter() - t0)
+    for name, precision in pipes:
+        sec = sorted(samp[name, precision])[len(samp[name, precision]) // 2]
         what = f"dpmpp_2m {args.sample_steps} steps" if name == "diffusion" else "ancestral, no KV cache"
-        rows.append([f"{name} sampling ({what})", f"{n} x {L}", sec, n * L / sec])
+        rows.append([f"{name} sampling ({what}), {precision} weights", f"{n} x {L}", sec, n * L / sec])
     c = diff.model.config
     params = {name: sum(p.numel() for p in pipe.model.parameters()) for name, pipe in (("diffusion", diff), ("AR", ar))}
     md = (f"Both models {c.depth} x {c.hidden_size} (diffusion {params['diffusion'] / 1e6:.2f}M parameters, AR "
           f"{params['AR'] / 1e6:.2f}M), vocabulary {c.vocab_size}, training in float32 and under bf16 autocast "
-          f"(the Trainer's CPU default where the CPU computes bf16 natively), sampling in float32, freed memory "
+          f"(the Trainer's CPU default where the CPU computes bf16 natively), sampling with float32 and with bf16 "
+          f"weights (`mmdiff.pipeline(\"text\", dtype=torch.bfloat16)`), freed memory "
           f"kept as the Trainer keeps it (`keep_freed_memory`). A diffusion training step includes the "
           f"self-conditioning forward on half of the batches and the time-warp fit. Training: median over "
           f"{args.repeats} alternated rounds of {STEPS_PER_TIMING} steps each; sampling: median of "
