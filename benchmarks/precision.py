@@ -1,7 +1,8 @@
 """fp32 vs bf16 on the CPU: the autocast training step of the image recipe's default (the
 evidence for ``--mixed_precision auto``), and sampling the shipped image and video pipelines with
 float32 against bfloat16 weights, with the samples' scores. CPU time of the one torch thread, so
-other jobs on the machine do not inflate it; median of rounds, the two precisions alternating.
+other jobs on the machine do not inflate it; training: median of rounds, the two precisions
+alternating; sampling: one timed pass per precision after a warm-up.
 
     python benchmarks/precision.py            # the "precision" section of docs/benchmarks.md
     python benchmarks/precision.py sampling   # its "precision-sampling" section

@@ -302,6 +302,7 @@ def steps(args) -> str:
         t0 = time.time()
         s = text_scores(generate(diff, n, seed=args.seed, num_inference_steps=count, sampler=sampler, **kw), diff, ar)
         ppl[label, sampler, count] = s["gen_ppl"]
+        count = count or len(kw["sigmas"]) - 1
         rows.append([label, sampler, count, s["gen_ppl"], s["entropy"], s["distinct2"], time.time() - t0])
         print(rows[-1], flush=True)
 
@@ -316,8 +317,7 @@ def steps(args) -> str:
     t0 = time.time()
     searched = search_sigmas(diff, 16, 64, args.seed)
     search_s = time.time() - t0
-    diff.sigmas = lambda steps=None, spacing=None, _s=searched.float(): _s
-    row("self-conditioned, searched schedule", "dpmpp_2m", 16)
+    row("self-conditioned, searched schedule", "dpmpp_2m", None, sigmas=searched)
     ratios = "; ".join(f"{label}: " + ", ".join(
         f"dpmpp_2m {k} / euler {4 * k} = {ppl[label, 'dpmpp_2m', k] / ppl[label, 'euler', 4 * k]:.2f}"
         for k in (4, 16, 64)) for label in ("self-conditioned (default)", "self-conditioning off"))

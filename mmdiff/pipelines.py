@@ -23,7 +23,7 @@ from .core.checkpoint import (CheckpointError, atomic_write_dir, config_from_dic
 from .core.dit import DiT
 from .core.guidance import cfg, keep_known, partial_start
 from .core.parametrization import Denoiser
-from .core.samplers import per_sample_generators, randn, sample
+from .core.samplers import check_sigmas, per_sample_generators, randn, sample
 from .core.schedules import Schedule, schedule_config, schedule_from_config
 
 PIPELINE_FILE = "pipeline.json"
@@ -151,20 +151,32 @@ class Pipeline:
     def sigmas(self, steps: int | None = None, spacing: str | None = None) -> torch.Tensor:
         return self.schedule.sigmas(steps or self.config.steps, spacing or self.config.spacing)
 
+    def _grid(self, steps: int | None, spacing: str | None, sigmas) -> torch.Tensor:
+        if sigmas is None:
+            return self.sigmas(steps, spacing)
+        if steps is not None or spacing is not None:
+            raise ValueError("pass either sigmas (a schedule of your own) or num_inference_steps/spacing, not both")
+        sigmas = torch.as_tensor(sigmas).flatten()
+        sigmas = sigmas if sigmas.is_floating_point() else sigmas.double()
+        check_sigmas(sigmas)
+        return sigmas
+
     @torch.no_grad()
     def solve(self, shape: tuple[int, ...], *, cond: dict | None = None, uncond: dict | None = None,
               guidance_scale: float | None = None, guidance_rescale: float = 0.0,
               guidance_interval: tuple[float, float] | None = None, num_inference_steps: int | None = None,
-              sampler: str | None = None, spacing: str | None = None, generator=None,
+              sampler: str | None = None, spacing: str | None = None, sigmas=None, generator=None,
               known: torch.Tensor | None = None, mask: torch.Tensor | None = None, mask_kwarg: str | None = None,
               renoise_known: bool = False, init: torch.Tensor | None = None, strength: float = 1.0,
               progress: bool = True, callback=None, **sampler_options) -> torch.Tensor:
         """Sample latents of ``shape``. ``init`` + ``strength`` start part-way (SDEdit);
-        ``known``/``mask`` hold given content (mask 1 = given)."""
+        ``known``/``mask`` hold given content (mask 1 = given). ``sigmas``, a decreasing schedule
+        of one's own (e.g. from ``core.step_search.optimize_sigmas``), replaces
+        ``num_inference_steps`` and ``spacing``."""
         cond = {k: v for k, v in (cond or {}).items() if v is not None}
         gens = per_sample_generators(generator, shape[0])
         device, dtype = self.device, torch.float32
-        sigmas = self.sigmas(num_inference_steps, spacing)
+        sigmas = self._grid(num_inference_steps, spacing, sigmas)
         noise = randn(shape, gens, device=device, dtype=dtype)
         if init is not None:
             x, sigmas = partial_start(init.to(device, dtype), sigmas, strength, noise)

@@ -65,6 +65,26 @@ def test_solve_is_batch_invariant_and_guidance_needs_uncond():
     assert guided.shape == (3, 1, 4, 4) and torch.isfinite(guided).all()
 
 
+def test_solve_takes_a_schedule_of_ones_own():
+    """``sigmas=`` replaces the step count and spacing: the pipeline's own grid passed in gives the
+    same samples, another grid other samples, and a bad one a clear error."""
+    pipe = toy()
+    pipe.model.eval()  # no class dropout
+    with torch.no_grad():  # off adaLN-Zero's init, where the network outputs 0 whatever the grid
+        for p in pipe.model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    kw = dict(cond={"class_labels": torch.tensor([0, 2])}, generator=3, progress=False)
+    grid = pipe.sigmas(5, "karras")
+    ours = pipe.solve((2, 1, 4, 4), num_inference_steps=5, spacing="karras", **kw)
+    assert torch.equal(pipe.solve((2, 1, 4, 4), sigmas=grid, **kw), ours)
+    assert torch.equal(pipe.solve((2, 1, 4, 4), sigmas=grid.tolist(), **kw), ours)
+    assert not torch.allclose(pipe.solve((2, 1, 4, 4), sigmas=pipe.sigmas(5, "logsnr"), **kw), ours)
+    with pytest.raises(ValueError, match="either sigmas .* or num_inference_steps/spacing"):
+        pipe.solve((2, 1, 4, 4), sigmas=grid, num_inference_steps=5, **kw)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        pipe.solve((2, 1, 4, 4), sigmas=grid.flip(0), **kw)
+
+
 def test_solve_keeps_known_content_and_img2img():
     pipe = toy()
     known = torch.randn(2, 1, 4, 4)
