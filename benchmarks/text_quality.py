@@ -208,8 +208,8 @@ def docstrings(args) -> str:
         rows.append([name, kw.get("sampler", "-"), kw.get("num_inference_steps", "-"), s["gen_ppl"], s["entropy"],
                      s["distinct2"], s["distinct3"], time.time() - t0])
         print(rows[-1], flush=True)
-    sample = diff(num_samples=2, length=diff.max_length, generator=0, num_inference_steps=64)
-    cont = diff("The function returns", max_new_tokens=32, generator=0, num_inference_steps=64)
+    sample = diff(num_samples=2, length=diff.max_length, generator=0, num_inference_steps=64, sampler="dpmpp_2m")
+    cont = diff("The function returns", max_new_tokens=32, generator=0, num_inference_steps=64, sampler="dpmpp_2m")
     md = (f"**python-docstrings**: {n} samples of {diff.max_length} tokens per row (starting at a document "
           f"start), scored by the AR baseline; held-out perplexity of the AR baseline: **{heldout_ppl:.2f}** over "
           f"{int(ref_len.sum())} validation tokens. Goal: diffusion generative perplexity within 1.5x of the AR "
