@@ -280,8 +280,8 @@ def training(args) -> str:
 def search_sigmas(pipe, steps: int, num: int, seed: int) -> torch.Tensor:
     """A dpmpp_2m schedule for ``pipe`` from ``optimize_sigmas``, started from the warp spacing too,
     on unconditional solves from ``bos`` as the pipeline runs them."""
-    model, E = pipe.model, pipe.model.embeddings()
-    L, D, c = pipe.max_length, E.shape[1], pipe.model.config
+    E, c = pipe.model.embeddings(), pipe.model.config
+    L, D = pipe.max_length, E.shape[1]
     known, mask = torch.zeros(num, L, D), torch.zeros(num, L, D)
     known[:, 0], mask[:, 0] = E[pipe.tokenizer.bos_id], 1
     den = keep_known(pipe.denoiser(), known, mask, mask_kwarg="given")
