@@ -51,8 +51,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import mmdiff.core.dit as dit
-from common import (CLOCKS, add_clock_option, chosen_clock, diffusers_dit, machine, paired_times, pin_threads,
-                    synchronize, table, update_section)
+from mmdiff.eval.tables import (CLOCKS, add_clock_option, chosen_clock, diffusers_dit_options, machine, paired_times,
+                                pin_threads, synchronize, table, update_section)
 
 aten = torch.ops.aten
 LATENT, CHANNELS, CLASSES, OUT_CHANNELS = 32, 4, 1000, 8
@@ -91,8 +91,9 @@ def build_ours(case: Case) -> dit.DiT:
 
 def build_diffusers(case: Case) -> DiTTransformer2DModel:
     with device:
-        return diffusers_dit(case.preset, out_channels=OUT_CHANNELS, depth=case.depth, in_channels=CHANNELS,
-                             sample_size=LATENT, num_classes=CLASSES)
+        return DiTTransformer2DModel(**diffusers_dit_options(case.preset, out_channels=OUT_CHANNELS, depth=case.depth,
+                                                             in_channels=CHANNELS, sample_size=LATENT,
+                                                             num_classes=CLASSES))
 
 
 def forward_fn(model):

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import mmdiff  # noqa: E402
-from benchmarks.common import machine, table, update_section  # noqa: E402
-from mmdiff.eval.digits import digits_scores, video_scores  # noqa: E402
-from mmdiff.modalities.image import ImageArgs, ImageTask  # noqa: E402
-from mmdiff.training import TrainConfig, parse_config  # noqa: E402
-from recipes.image_train import DEFAULT_CONFIG  # noqa: E402
+import mmdiff
+from mmdiff.eval.tables import machine, table, update_section
+from mmdiff.eval.digits import digits_scores, video_scores
+from mmdiff.modalities.image import ImageArgs, ImageTask
+from mmdiff.training import TrainConfig, parse_config
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "image_digits.yaml"  # the recipe's
 
 
 def digits_step():

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from scipy.integrate import solve_ivp
 
-from common import machine, pin_threads, table, update_section
+from mmdiff.eval.tables import machine, pin_threads, table, update_section
 from mmdiff.core.analytic import random_mixture, ring_mixture
 from mmdiff.core.samplers import SAMPLERS, STOCHASTIC, evaluations, sample
 from mmdiff.core.schedules import SPACINGS, get_schedule

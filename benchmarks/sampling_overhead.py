@@ -29,11 +29,11 @@ from types import SimpleNamespace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from diffusers import (DDIMScheduler, DiTPipeline, DPMSolverMultistepScheduler,
+from diffusers import (DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
                        EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler)
 
-from common import (CLOCKS, add_clock_option, chosen_clock, diffusers_dit, machine, paired_times, pin_threads,
-                    synchronize, table, update_section)
+from mmdiff.eval.tables import (CLOCKS, add_clock_option, chosen_clock, diffusers_dit_options, machine, paired_times,
+                                pin_threads, synchronize, table, update_section)
 from mmdiff.core.dit import DiT
 from mmdiff.core.guidance import cfg
 from mmdiff.core.parametrization import Denoiser
@@ -146,7 +146,7 @@ def dit_pair(preset: str = "DiT-S/2", seed: int = 0):
     torch.manual_seed(seed)
     with device:
         ours = DiT.from_preset(preset, in_channels=4, input_size=32, num_classes=1000).eval()
-        theirs = diffusers_dit(preset, out_channels=4).eval()
+        theirs = DiTTransformer2DModel(**diffusers_dit_options(preset, out_channels=4)).eval()
     return ours, theirs
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -37,14 +36,13 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import mmdiff  # noqa: E402
-from mmdiff.data.text import MarkovChain, markov_corpus  # noqa: E402
-from mmdiff.training import keep_freed_memory, resolve_precision  # noqa: E402
-from mmdiff.core.guidance import keep_known  # noqa: E402
-from mmdiff.core.step_search import optimize_sigmas  # noqa: E402
-from benchmarks.common import DOC, machine, median_time, pin_threads, table, update_section  # noqa: E402
-from recipes.text_eval import generate, heldout, markov_scores, perplexity, text_scores  # noqa: E402
+import mmdiff
+from mmdiff.data.markov import MarkovChain, markov_corpus
+from mmdiff.training import keep_freed_memory, resolve_precision
+from mmdiff.core.guidance import keep_known
+from mmdiff.core.step_search import optimize_sigmas
+from mmdiff.eval.tables import DOC, machine, median_time, pin_threads, table, update_section
+from mmdiff.eval.text import generate, heldout, markov_scores, perplexity, text_scores
 
 MARKOV_STEPS = (8, 16, 32, 64, 128)
 SAMPLERS = ("euler", "heun", "dpmpp_2m", "unipc")

@@ -18,14 +18,12 @@ import os
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine, median_time, pin_threads, table, update_section  # noqa: E402
-from mmdiff.core.dit import DiT, DiTConfig  # noqa: E402
-from mmdiff.core.patch import PatchConfig  # noqa: E402
+from mmdiff.eval.tables import machine, median_time, pin_threads, table, update_section
+from mmdiff.core.dit import DiT, DiTConfig
+from mmdiff.core.patch import PatchConfig
 
 FRAMES = (4, 8, 16, 32)
 MODEL = dict(hidden_size=128, depth=4, num_heads=4)  # 2 spatial + 2 temporal blocks when factorized

@@ -6,4 +6,6 @@
 """
 __version__ = "0.1.0"
 
-from .pipelines import pipeline  # noqa: E402,F401
+from . import modalities  # noqa: E402,F401  (registers every modality's pipeline)
+from .options import SamplingOptions  # noqa: E402,F401
+from .registry import pipeline  # noqa: E402,F401

@@ -1,10 +1,11 @@
-"""``mmdiff.pipeline(task)``: the registry of modality pipelines and their shared base.
+"""The shared ``Pipeline`` base: every modality's sampling goes through it.
 
 A pipeline folder is ``pipeline.json`` (a ``PipelineConfig``) plus one subfolder per component,
-each written by that component's ``save_pretrained``. The base class owns device/dtype handling,
-saving/loading, and the one sampling path every modality uses: initial noise from per-sample
-generators, optional classifier-free guidance, optional given content (inpainting, SDEdit, given
-frames, infilling), then a core sampler over the schedule's sigmas.
+each written by that component's ``save_pretrained``. The base owns device/dtype handling,
+saving/loading, the shipped default model, and the one sampling path every modality uses
+(``solve``): initial noise from per-sample generators, optional classifier-free guidance,
+optional given content (inpainting, SDEdit, given frames, prompts and infilling), then a core
+sampler over the schedule's sigmas. ``SamplingOptions`` are checked once, in ``options``.
 """
 from __future__ import annotations
 
@@ -12,62 +13,43 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .core.checkpoint import (CheckpointError, atomic_write_dir, config_from_dict, config_to_dict,
-                              resolve_pretrained)
+from .core.checkpoint import CheckpointError, atomic_write_dir, config_from_dict, config_to_dict, resolve_pretrained
 from .core.dit import DiT
 from .core.guidance import cfg, keep_known, partial_start
 from .core.parametrization import Denoiser
 from .core.samplers import check_sigmas, per_sample_generators, randn, sample
-from .core.schedules import Schedule, schedule_config, schedule_from_config
+from .core.schedules import SPACINGS, Schedule, schedule_config, schedule_from_config
+from .options import SamplingOptions
+from .registry import COMPONENTS, PIPELINE_FILE, PipelineConfig, pipeline, register_component  # noqa: F401
 
-PIPELINE_FILE = "pipeline.json"
-PIPELINES: dict[str, type["Pipeline"]] = {}
-COMPONENTS: dict[str, type] = {"DiT": DiT}
-
-
-def register_pipeline(task: str):
-    def add(cls):
-        cls.task = task
-        PIPELINES[task] = cls
-        return cls
-    return add
-
-
-def register_component(cls):
-    COMPONENTS[cls.__name__] = cls
-    return cls
-
-
-def pipeline(task: str, model: str | os.PathLike | None = None, **kwargs) -> "Pipeline":
-    """``pipeline("image", model="runs/digits/export")``; without ``model`` a modality loads the
-    small default model shipped inside the package."""
-    from . import modalities  # noqa: F401  (importing registers every modality's pipeline)
-
-    if task not in PIPELINES:
-        raise ValueError(f"unknown task '{task}'; known tasks are {sorted(PIPELINES)}")
-    cls = PIPELINES[task]
-    if model is None:
-        return cls.default(**kwargs)
-    return cls.from_pretrained(model, **kwargs)
+ASSETS = Path(__file__).resolve().parent / "assets"
+register_component(DiT)
 
 
 @dataclass
-class PipelineConfig:
-    task: str = ""
-    prediction: str = "eps"
-    schedule: dict = field(default_factory=lambda: {"name": "linear"})
-    sigma_data: float = 1.0  # data std the model was trained on; sets the prior's std
-    sampler: str = "dpmpp_2m"
-    steps: int = 25
-    spacing: str | None = None
-    guidance_scale: float = 1.0
-    extra: dict = field(default_factory=dict)  # modality settings (class names, fps, ...)
+class Given:
+    """Content held fixed while the rest is sampled: ``known`` where ``mask == 1``. ``mask_kwarg``
+    names the model input that flags it (models trained with given content); ``renoise`` noises
+    it to the current level instead (the "replace" method, for models that never saw it)."""
+
+    known: torch.Tensor
+    mask: torch.Tensor
+    mask_kwarg: str | None = None
+    renoise: bool = False
+
+
+@dataclass
+class Start:
+    """SDEdit: start from ``latents`` noised part-way, running the last ``strength`` of the steps."""
+
+    latents: torch.Tensor
+    strength: float = 1.0
 
 
 class Pipeline:
@@ -75,6 +57,9 @@ class Pipeline:
     ``components["model"]`` is the denoiser network."""
 
     task: str = ""
+    default_model: str | None = None  # the folder under mmdiff/assets that ``default()`` loads
+    spacings: tuple[str, ...] = SPACINGS
+    progress: bool = True  # show a progress bar unless the call says otherwise
 
     def __init__(self, components: dict[str, Any], schedule: Schedule, config: PipelineConfig):
         if "model" not in components:
@@ -120,6 +105,8 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, device=None, dtype=None) -> "Pipeline":
+        """Load a folder written by ``save_pretrained``. Weights stored in half precision (to keep
+        a file small) compute in float32 unless ``dtype`` says otherwise."""
         folder = resolve_pretrained(folder)
         path = folder / PIPELINE_FILE
         if not path.is_file():
@@ -141,60 +128,65 @@ class Pipeline:
                                       f"known: {sorted(COMPONENTS)}")
             components[name] = COMPONENTS[class_name].from_pretrained(folder / name)
         pipe = cls(components, schedule_from_config(config.schedule), config)
-        return pipe.to(device=device, dtype=dtype)
+        return pipe.to(device=device, dtype=dtype or torch.float32)
 
     @classmethod
     def default(cls, **kwargs) -> "Pipeline":
-        raise ValueError(f"the '{cls.task}' pipeline ships no default model; pass model=PATH")
+        """The small model shipped inside the package for this task."""
+        if cls.default_model is None:
+            raise ValueError(f"the '{cls.task}' pipeline ships no default model; pass model=PATH")
+        path = ASSETS / cls.default_model
+        if not (path / PIPELINE_FILE).is_file():
+            raise FileNotFoundError(f"the shipped '{cls.task}' model is missing from {path}; reinstall mmdiff "
+                                    f"or pass model=PATH")
+        return cls.from_pretrained(path, **kwargs)
 
     # ------------------------------------------------------------------------------ sampling
+    def options(self, options: SamplingOptions | None = None, **keywords) -> SamplingOptions:
+        """The call's sampling options, defaults filled in from this pipeline and checked: the
+        one place a bad sampler, step count, schedule or sampler option is refused."""
+        return SamplingOptions.build(options, **keywords).resolve(self.config, self.spacings, self.progress)
+
     def sigmas(self, steps: int | None = None, spacing: str | None = None) -> torch.Tensor:
         return self.schedule.sigmas(steps or self.config.steps, spacing or self.config.spacing)
 
-    def _grid(self, steps: int | None, spacing: str | None, sigmas) -> torch.Tensor:
-        if sigmas is None:
-            return self.sigmas(steps, spacing)
-        if steps is not None or spacing is not None:
-            raise ValueError("pass either sigmas (a schedule of your own) or num_inference_steps/spacing, not both")
-        sigmas = torch.as_tensor(sigmas).flatten()
+    def grid(self, options: SamplingOptions) -> torch.Tensor:
+        """The noise levels a solve runs through: the options' own ``sigmas`` or this pipeline's."""
+        if options.sigmas is None:
+            return self.sigmas(options.num_inference_steps, options.spacing)
+        sigmas = torch.as_tensor(options.sigmas).flatten()
         sigmas = sigmas if sigmas.is_floating_point() else sigmas.double()
         check_sigmas(sigmas)
         return sigmas
 
     @torch.no_grad()
-    def solve(self, shape: tuple[int, ...], *, cond: dict | None = None, uncond: dict | None = None,
-              guidance_scale: float | None = None, guidance_rescale: float = 0.0,
-              guidance_interval: tuple[float, float] | None = None, num_inference_steps: int | None = None,
-              sampler: str | None = None, spacing: str | None = None, sigmas=None, generator=None,
-              known: torch.Tensor | None = None, mask: torch.Tensor | None = None, mask_kwarg: str | None = None,
-              renoise_known: bool = False, init: torch.Tensor | None = None, strength: float = 1.0,
-              progress: bool = True, callback=None, **sampler_options) -> torch.Tensor:
-        """Sample latents of ``shape``. ``init`` + ``strength`` start part-way (SDEdit);
-        ``known``/``mask`` hold given content (mask 1 = given). ``sigmas``, a decreasing schedule
-        of one's own (e.g. from ``core.step_search.optimize_sigmas``), replaces
-        ``num_inference_steps`` and ``spacing``."""
+    def solve(self, shape: tuple[int, ...], options: SamplingOptions, *, cond: dict | None = None,
+              uncond: dict | None = None, given: Given | None = None, start: Start | None = None) -> torch.Tensor:
+        """Sample latents of ``shape`` with resolved ``options`` (see ``options``)."""
         cond = {k: v for k, v in (cond or {}).items() if v is not None}
-        gens = per_sample_generators(generator, shape[0])
-        device, dtype = self.device, torch.float32
-        sigmas = self._grid(num_inference_steps, spacing, sigmas)
+        gens = per_sample_generators(options.generator, shape[0])
+        device, dtype = self.device, options.dtype
+        sigmas = self.grid(options)
         noise = randn(shape, gens, device=device, dtype=dtype)
-        if init is not None:
-            x, sigmas = partial_start(init.to(device, dtype), sigmas, strength, noise)
+        if start is not None:
+            x, sigmas = partial_start(start.latents.to(device, dtype), sigmas, start.strength, noise)
         else:
             x = noise * math.sqrt(float(sigmas[0]) ** 2 + self.config.sigma_data**2)
+        fn = self._guided(cond, uncond, options)
+        if given is not None:
+            fixed = randn(shape, gens, device=device, dtype=dtype) if given.renoise else None
+            fn = keep_known(fn, given.known.to(device, dtype), given.mask.to(device), noise=fixed,
+                            mask_kwarg=given.mask_kwarg)
+        extra = {**self.schedule.sampler_options(options.sampler), **options.sampler_options}
+        return sample(fn, x, sigmas, options.sampler, generator=gens, callback=options.callback,
+                      progress=options.progress, **extra)
+
+    def _guided(self, cond: dict, uncond: dict | None, options: SamplingOptions):
         denoiser = self.denoiser()
-        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
-        if scale != 1.0:
-            if uncond is None:
-                raise ValueError("guidance_scale != 1 needs an unconditional input; this model has none "
-                                 "(it was trained without condition dropout): use guidance_scale=1")
-            fn = cfg(denoiser, scale, cond, uncond, rescale=guidance_rescale, interval=guidance_interval)
-        else:
-            def fn(x_, s_, **extra):
-                return denoiser(x_, s_, **cond, **extra)
-        if known is not None:
-            fixed = randn(shape, gens, device=device, dtype=dtype) if renoise_known else None
-            fn = keep_known(fn, known.to(device, dtype), mask.to(device), noise=fixed, mask_kwarg=mask_kwarg)
-        sampler = sampler or self.config.sampler
-        options = {**self.schedule.sampler_options(sampler), **sampler_options}
-        return sample(fn, x, sigmas, sampler, generator=gens, callback=callback, progress=progress, **options)
+        if options.guidance_scale == 1.0:
+            return lambda x, s, **extra: denoiser(x, s, **cond, **extra)
+        if uncond is None:
+            raise ValueError("guidance_scale != 1 needs an unconditional input; this model has none "
+                             "(it was trained without condition dropout): use guidance_scale=1")
+        return cfg(denoiser, options.guidance_scale, cond, uncond, rescale=options.guidance_rescale,
+                   interval=options.guidance_interval)

@@ -10,19 +10,15 @@ without guidance, and ``--write_docs`` puts the tables in docs/benchmarks.md.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser
 
 import mmdiff
 from mmdiff.eval.digits import digits_scores, real_floor
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine, table, update_section  # noqa: E402
+from mmdiff.eval.tables import machine, table, update_section
 
 
 @dataclass

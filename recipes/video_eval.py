@@ -12,10 +12,8 @@ clip is given, without its label, and the generated frames are read as that clip
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser
@@ -23,9 +21,7 @@ from transformers import HfArgumentParser
 import mmdiff
 from mmdiff.data.video import MovingDigitsDataset
 from mmdiff.eval.digits import locate_digit, motion_distance, video_scores
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine, table, update_section  # noqa: E402
+from mmdiff.eval.tables import machine, table, update_section
 
 
 @dataclass

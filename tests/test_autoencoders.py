@@ -14,10 +14,10 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 import mmdiff.data.latents as latents_module
-import mmdiff.modalities.autoencoders as autoencoders_module
+import mmdiff.components.autoencoders as autoencoders_module
 from mmdiff.core.checkpoint import CheckpointError
 from mmdiff.data.latents import LatentCacheError, LatentDataset, cache_latents
-from mmdiff.modalities.autoencoders import (AutoencoderKL, AutoencoderKLConfig, IdentityAutoencoder,
+from mmdiff.components.autoencoders import (AutoencoderKL, AutoencoderKLConfig, IdentityAutoencoder,
                                             load_autoencoder)
 
 TOL = 1e-5  # max abs difference allowed against diffusers, float32

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from mmdiff.core.samplers import sample
 from mmdiff.core.schedules import EDMSchedule
 from mmdiff.data import text as T
-from mmdiff.data.text import (DataError, MarkovChain, TextCorpus, build_text_corpus, load_hf_text,
-                              load_text_files, markov_corpus, python_docstrings, render_tokens)
+from mmdiff.data.markov import MarkovChain, markov_corpus, render_tokens
+from mmdiff.data.text import DataError, TextCorpus, build_text_corpus, load_hf_text, load_text_files, python_docstrings
 
 
 def _digest(texts):

@@ -200,7 +200,7 @@ def test_output_dir_holding_another_run(tmp_path, previous_run):
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, previous_run, monkeypatch):
-    import mmdiff.training as training
+    import mmdiff.training.checkpoints as training
 
     real = training.save_tensors
 

@@ -7,7 +7,8 @@ from mmdiff.core.checkpoint import CheckpointError
 from mmdiff.core.dit import DiT, DiTConfig
 from mmdiff.core.patch import PatchConfig
 from mmdiff.core.schedules import get_schedule
-from mmdiff.pipelines import PIPELINES, Pipeline, PipelineConfig, register_pipeline
+from mmdiff.pipelines import Given, Pipeline, Start
+from mmdiff.registry import PIPELINES, PipelineConfig, register_pipeline
 
 
 @register_pipeline("toy")
@@ -20,6 +21,11 @@ def toy(num_classes=3, dropout=0.1):
     model = DiT(DiTConfig(patch=PatchConfig("image", 1, (4, 4), 1), hidden_size=16, depth=1, num_heads=2,
                           num_classes=num_classes, class_dropout=dropout))
     return ToyPipeline({"model": model}, get_schedule("flow"), PipelineConfig(prediction="flow", steps=4)).to()
+
+
+def solve(pipe, shape, *, cond=None, uncond=None, given=None, start=None, **sampling):
+    """``Pipeline.solve`` with the sampling options as keywords, the way a modality's __call__ passes them."""
+    return pipe.solve(shape, pipe.options(**sampling), cond=cond, uncond=uncond, given=given, start=start)
 
 
 def test_unknown_task_lists_known_ones():
@@ -35,8 +41,8 @@ def test_save_load_round_trip_and_task_check(tmp_path):
     assert again.config == pipe.config and again.config.task == "toy"
     assert again.schedule.sigmas(4).tolist() == pipe.schedule.sigmas(4).tolist()
     y = torch.tensor([0, 1])
-    a = pipe.solve((2, 1, 4, 4), cond={"class_labels": y}, generator=1, progress=False)
-    b = again.solve((2, 1, 4, 4), cond={"class_labels": y}, generator=1, progress=False)
+    a = solve(pipe, (2, 1, 4, 4), cond={"class_labels": y}, generator=1, progress=False)
+    b = solve(again, (2, 1, 4, 4), cond={"class_labels": y}, generator=1, progress=False)
     assert torch.equal(a, b)
 
     @register_pipeline("other")
@@ -53,14 +59,14 @@ def test_solve_is_batch_invariant_and_guidance_needs_uncond():
     y = torch.tensor([2, 0, 1])
     kw = dict(num_inference_steps=3, sampler="euler_ancestral", progress=False)
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
-    full = pipe.solve((3, 1, 4, 4), cond={"class_labels": y}, generator=gens, **kw)
+    full = solve(pipe, (3, 1, 4, 4), cond={"class_labels": y}, generator=gens, **kw)
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
-    first = pipe.solve((1, 1, 4, 4), cond={"class_labels": y[:1]}, generator=gens[:1], **kw)
+    first = solve(pipe, (1, 1, 4, 4), cond={"class_labels": y[:1]}, generator=gens[:1], **kw)
     assert torch.allclose(full[:1], first, atol=1e-6)
     with pytest.raises(ValueError, match="guidance_scale != 1 needs an unconditional input"):
-        pipe.solve((1, 1, 4, 4), cond={"class_labels": y[:1]}, guidance_scale=3.0, progress=False)
+        solve(pipe, (1, 1, 4, 4), cond={"class_labels": y[:1]}, guidance_scale=3.0, progress=False)
     null = torch.full((3,), pipe.model.null_class)
-    guided = pipe.solve((3, 1, 4, 4), cond={"class_labels": y}, uncond={"class_labels": null},
+    guided = solve(pipe, (3, 1, 4, 4), cond={"class_labels": y}, uncond={"class_labels": null},
                         guidance_scale=3.0, num_inference_steps=3, generator=0, progress=False)
     assert guided.shape == (3, 1, 4, 4) and torch.isfinite(guided).all()
 
@@ -75,14 +81,14 @@ def test_solve_takes_a_schedule_of_ones_own():
             p.add_(0.1 * torch.randn_like(p))
     kw = dict(cond={"class_labels": torch.tensor([0, 2])}, generator=3, progress=False)
     grid = pipe.sigmas(5, "karras")
-    ours = pipe.solve((2, 1, 4, 4), num_inference_steps=5, spacing="karras", **kw)
-    assert torch.equal(pipe.solve((2, 1, 4, 4), sigmas=grid, **kw), ours)
-    assert torch.equal(pipe.solve((2, 1, 4, 4), sigmas=grid.tolist(), **kw), ours)
-    assert not torch.allclose(pipe.solve((2, 1, 4, 4), sigmas=pipe.sigmas(5, "logsnr"), **kw), ours)
+    ours = solve(pipe, (2, 1, 4, 4), num_inference_steps=5, spacing="karras", **kw)
+    assert torch.equal(solve(pipe, (2, 1, 4, 4), sigmas=grid, **kw), ours)
+    assert torch.equal(solve(pipe, (2, 1, 4, 4), sigmas=grid.tolist(), **kw), ours)
+    assert not torch.allclose(solve(pipe, (2, 1, 4, 4), sigmas=pipe.sigmas(5, "logsnr"), **kw), ours)
     with pytest.raises(ValueError, match="either sigmas .* or num_inference_steps/spacing"):
-        pipe.solve((2, 1, 4, 4), sigmas=grid, num_inference_steps=5, **kw)
+        solve(pipe, (2, 1, 4, 4), sigmas=grid, num_inference_steps=5, **kw)
     with pytest.raises(ValueError, match="strictly decreasing"):
-        pipe.solve((2, 1, 4, 4), sigmas=grid.flip(0), **kw)
+        solve(pipe, (2, 1, 4, 4), sigmas=grid.flip(0), **kw)
 
 
 def test_solve_keeps_known_content_and_img2img():
@@ -91,10 +97,10 @@ def test_solve_keeps_known_content_and_img2img():
     mask = torch.zeros_like(known)
     mask[..., :2] = 1
     y = torch.tensor([0, 1])
-    out = pipe.solve((2, 1, 4, 4), cond={"class_labels": y}, known=known, mask=mask, renoise_known=True,
-                     generator=0, progress=False)
+    out = solve(pipe, (2, 1, 4, 4), cond={"class_labels": y}, given=Given(known, mask, renoise=True),
+                generator=0, progress=False)
     assert torch.equal(out[..., :2], known[..., :2])
     seen = []
-    pipe.solve((2, 1, 4, 4), cond={"class_labels": y}, init=known, strength=0.5, num_inference_steps=10,
-               callback=lambda s: seen.append(s["sigma"]), generator=0, progress=False)
+    solve(pipe, (2, 1, 4, 4), cond={"class_labels": y}, start=Start(known, 0.5), num_inference_steps=10,
+          callback=lambda s: seen.append(s["sigma"]), generator=0, progress=False)
     assert len(seen) == 5 and seen[0] == pytest.approx(float(pipe.sigmas(10)[5]))

@@ -12,13 +12,13 @@ import yaml
 
 import mmdiff
 from mmdiff.core.samplers import SAMPLERS, sample
-from mmdiff.data.text import MarkovChain
-from mmdiff.modalities.text import (ScoreInterpolation, TextArgs, TextModel, TextModelConfig, TextPipeline,
-                                    TextTask, TimeWarp, TokenWindows, pack_documents,
-                                    random_given)
-from mmdiff.modalities.text_tokenizers import (AlphabetTokenizer, SentencePieceTokenizer, load_tokenizer,
-                                               train_sentencepiece)
-from mmdiff.pipelines import PipelineConfig
+from mmdiff.data.markov import MarkovChain
+from mmdiff.components.tokenizers import AlphabetTokenizer, SentencePieceTokenizer, load_tokenizer, train_sentencepiece
+from mmdiff.data.windows import TokenWindows, pack_documents, random_given
+from mmdiff.modalities.text import (ScoreInterpolation, TextArgs, TextModel, TextModelConfig, TextPipeline, TextTask,
+                                    TimeWarp)
+from mmdiff.pipelines import Given
+from mmdiff.registry import PipelineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSET = ROOT / "mmdiff" / "assets" / "text-docstrings"
@@ -275,9 +275,9 @@ def test_given_tokens_are_exact_after_sampling():
     given[2, ::2] = True
     seen = []
     for sampler in ("euler", "heun", "dpmpp_2m_sde", "unipc"):
-        x = pipe.solve((3, 12, 8), known=E[ids], mask=given[..., None].expand(3, 12, 8).float(),
-                       mask_kwarg="given", sampler=sampler, num_inference_steps=5, generator=1, progress=False,
-                       callback=lambda s: seen.append(s["denoised"]))
+        held = Given(E[ids], given[..., None].expand(3, 12, 8).float(), mask_kwarg="given")
+        x = pipe.solve((3, 12, 8), pipe.options(sampler=sampler, num_inference_steps=5, generator=1, progress=False,
+                                                callback=lambda s: seen.append(s["denoised"])), given=held)
         assert torch.equal(x[given], E[ids][given])
         out = pipe.generate_ids(ids, given, sampler=sampler, num_inference_steps=5, generator=1)
         assert torch.equal(out[given], ids[given])
@@ -470,7 +470,7 @@ def test_shipped_model_denoises_held_out_docstrings():
     export (16000 steps, then 50000 more from it) scores 1.59 nats/token with this noise
     (1.57-1.60 over eight seeds), the 16000-step one shipped before it 1.77 (1.75-1.78), the
     8000-step one 1.95, the 2000-step one 2.47; the data's unigram entropy is ~5.7."""
-    from recipes.text_eval import heldout
+    from mmdiff.eval.text import heldout
     pipe = mmdiff.pipeline("text")
     ids, lengths = heldout(pipe, "python-docstrings", 512)
     tokens = ids[lengths == pipe.max_length][:256]

@@ -1,18 +1,17 @@
 """End to end through the one Trainer: the text recipe trains a small diffusion model on markov and
 its samples are scored exactly under the true chain."""
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import mmdiff
-from mmdiff.data.text import MarkovChain, markov_corpus
+from mmdiff.data.markov import MarkovChain, markov_corpus
+
+from mmdiff.eval.text import generate
+from recipes.text_train import main as train_main
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from recipes.text_eval import generate  # noqa: E402
-from recipes.text_train import main as train_main  # noqa: E402
 
 
 @pytest.mark.slow

@@ -300,7 +300,7 @@ def test_freed_memory_is_reused_without_page_faults():
 
 def test_trainer_keeps_freed_memory_on_the_cpu_unless_told_not_to(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("mmdiff.training.keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr("mmdiff.training.loop.keep_freed_memory", lambda: calls.append(1) or True)
     task = ImageTask(ImageArgs(**TINY))
     Trainer(task, config(tmp_path))
     Trainer(task, config(tmp_path, keep_freed_memory=False))

@@ -15,8 +15,9 @@ from mmdiff.core.patch import PatchConfig
 from mmdiff.core.schedules import get_schedule
 from mmdiff.eval.digits import video_scores
 from mmdiff.media import count_frames, read_video, save_video
-from mmdiff.modalities.autoencoders import AutoencoderKL, AutoencoderKLConfig
-from mmdiff.modalities.video import DEFAULT_MODEL, VideoArgs, VideoPipeline, VideoTask, given_frames_mask
+from mmdiff.components.autoencoders import AutoencoderKL, AutoencoderKLConfig
+from mmdiff.modalities.video import VideoArgs, VideoPipeline, VideoTask, given_frames_mask
+from mmdiff.pipelines import ASSETS
 from mmdiff.training import TrainConfig, Trainer, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -323,7 +324,7 @@ def test_ucf101_latte_config_builds_on_meta():
 def test_shipped_default_model_makes_the_requested_digits(dtype):
     """Also with bf16 weights, sampling's fast path (docs/video.md; these 20 videos: 99.7% of
     frames and 95% of videos right in both precisions)."""
-    size = sum(p.stat().st_size for p in DEFAULT_MODEL.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in (ASSETS / VideoPipeline.default_model).rglob("*") if p.is_file())
     assert size <= 8 * 2**20
     pipe = mmdiff.pipeline("video") if dtype is None else mmdiff.pipeline("video", dtype=dtype)
     assert pipe.dtype == (dtype or torch.float32) and pipe.max_frames == 16

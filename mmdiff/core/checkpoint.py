@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # by option value
 
 
 class CheckpointError(ValueError):
@@ -56,6 +57,15 @@ def config_from_dict(config_class: type, data: dict, source: str = "config") -> 
         return config_class(**kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: invalid {config_class.__name__}: {e}") from e
+
+
+def shared_fields(source: Any, config_class: type) -> dict:
+    """The values of ``source`` (another dataclass) for the fields ``config_class`` also has, by
+    name, leaving out None (= the target's default): a config derived from another instead of
+    copied field by field, so a field added to both needs no third change."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {f.name: getattr(source, f.name) for f in dataclasses.fields(source)
+            if f.name in names and getattr(source, f.name) is not None}
 
 
 def _coerce(hint, value):

@@ -21,7 +21,7 @@ from tqdm.auto import trange
 from .parametrization import tag_level
 
 Tensor = torch.Tensor
-Denoiser = Callable[[Tensor, Tensor], Tensor]
+DenoiserFn = Callable[..., Tensor]  # D(x, sigma, **cond) -> x0_hat; see parametrization.Denoiser
 
 
 # ------------------------------------------------------------------------------------ noise
@@ -315,20 +315,31 @@ def evaluations(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler == "heun" else steps
 
 
-def sample(denoiser: Denoiser, x: Tensor, sigmas: Tensor, sampler: str = "dpmpp_2m", *, generator=None,
-           callback=None, progress: bool = True, **options) -> Tensor:
-    """Solve from ``x`` at ``sigmas[0]`` down the grid ``sigmas`` with the named sampler."""
+def sampler_option_names(sampler: str) -> list[str]:
+    """The named sampler's own options (``eta``, ``order``...), besides the shared generator,
+    callback and progress; an unknown name lists the known ones."""
     fn = SAMPLERS.get(sampler)
     if fn is None:
-        raise ValueError(f"unknown sampler '{sampler}'; choose one of {sorted(SAMPLERS)}")
-    check_sigmas(sigmas)
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
     params = inspect.signature(fn).parameters
-    valid = sorted(p for p, v in params.items() if v.kind is v.KEYWORD_ONLY
-                   and p not in ("generator", "callback", "progress"))
-    unknown = sorted(set(options) - set(valid))
+    return sorted(p for p, v in params.items() if v.kind is v.KEYWORD_ONLY
+                  and p not in ("generator", "callback", "progress"))
+
+
+def check_sampler(sampler: str, options: dict) -> None:
+    unknown = sorted(set(options) - set(sampler_option_names(sampler)))
     if unknown:
-        raise ValueError(f"sampler '{sampler}' has no option(s) {unknown}; its options are {valid}")
-    return fn(denoiser, x, sigmas, generator=generator, callback=callback, progress=progress, **options)
+        raise ValueError(f"sampler '{sampler}' has no option(s) {unknown}; its options are "
+                         f"{sampler_option_names(sampler)}")
+
+
+def sample(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, sampler: str = "dpmpp_2m", *, generator=None,
+           callback=None, progress: bool = True, **options) -> Tensor:
+    """Solve from ``x`` at ``sigmas[0]`` down the grid ``sigmas`` with the named sampler."""
+    check_sampler(sampler, options)
+    check_sigmas(sigmas)
+    return SAMPLERS[sampler](denoiser, x, sigmas, generator=generator, callback=callback, progress=progress,
+                             **options)
 
 
 def check_sigmas(sigmas: Tensor) -> None:

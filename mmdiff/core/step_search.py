@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from mmdiff.core.samplers import SAMPLERS, STOCHASTIC, Denoiser, sample
+from mmdiff.core.samplers import SAMPLERS, STOCHASTIC, DenoiserFn, sample
 from mmdiff.core.schedules import karras_sigmas
 
 Tensor = torch.Tensor
@@ -40,14 +40,14 @@ def fine_sigmas(steps: int, sigma_min: float, sigma_max: float) -> Tensor:
     return torch.cat([sig, sig.new_zeros(1)])
 
 
-def endpoint_error(denoiser: Denoiser, x: Tensor, sigmas: Tensor, sampler: str, reference: Tensor,
+def endpoint_error(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, sampler: str, reference: Tensor,
                    **options) -> float:
     """Mean squared distance per coordinate between ``sample(x, sigmas)`` and ``reference``."""
     out = sample(denoiser, x.clone(), sigmas, sampler, progress=False, **options)
     return (out.double() - reference.double()).pow(2).mean().item()
 
 
-def optimize_sigmas(denoiser: Denoiser, x_prior_sampler: Callable[[int, torch.Generator], Tensor],
+def optimize_sigmas(denoiser: DenoiserFn, x_prior_sampler: Callable[[int, torch.Generator], Tensor],
                     sampler: str = "dpmpp_2m", steps: int = 10, *, sigma_min: float, sigma_max: float,
                     iterations: int = 12, num_samples: int = 512, reference_sampler: str = "dpmpp_3m",
                     reference_steps: int = 400, fix_sigma_min: bool = False, init: Tensor | None = None,

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from mmdiff.data import DataError
+from . import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DIGITS_SPLITS = ("train", "test", "all")
@@ -386,7 +386,17 @@ def open_image(source: str | Path | bytes) -> Image.Image:
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
-class HFImageDataset(SkipUnreadable):
+class HFRows:
+    """Rows of a Hugging Face data set, named for messages by where they come from (``where``)."""
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _name(self, index: int) -> str:
+        return f"{self.where} row {index}"
+
+
+class HFImageDataset(HFRows, SkipUnreadable):
     """Any Hugging Face ``datasets`` image data set: a ``save_to_disk`` folder, a local data folder or a
     hub name. The image column is the ``Image`` feature and the label column the ``ClassLabel``
     feature unless named. ``channels=None`` looks at the first 256 image headers.
@@ -411,12 +421,6 @@ class HFImageDataset(SkipUnreadable):
     def _auto_channels(self) -> int:
         head = self.dataset.select(range(min(256, len(self.dataset))))[self.image_column]
         return 1 if all(_image_mode(hf_source(value)) in GRAY_MODES for value in head) else 3
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def _name(self, index: int) -> str:
-        return f"{self.where} row {index}"
 
     def _load(self, index: int) -> dict:
         row = self.dataset[index]

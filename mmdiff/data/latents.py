@@ -25,8 +25,8 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mmdiff.core.checkpoint import atomic_write_dir, config_to_dict, save_tensors
-from mmdiff.modalities.autoencoders import Autoencoder
+from ..components.autoencoders import Autoencoder
+from ..core.checkpoint import atomic_write_dir, config_to_dict, save_tensors
 
 INDEX_NAME = "index.json"
 SHARD_NAME = "latents-{:05d}.safetensors"

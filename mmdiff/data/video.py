@@ -14,10 +14,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from mmdiff.data.images import (SkipUnreadable, check_channels, check_remote_name, digits_arrays, hf_source,
-                                is_saved_hf_dataset, make_transform, match_channels, open_hf_media,
-                                scan_media_folder, select_split, to_model_range, verify_files)
-from mmdiff.media import count_frames, read_video
+from ..media import count_frames, read_video
+from .images import (HFRows, SkipUnreadable, check_channels, check_remote_name, digits_arrays, hf_source,
+                     is_saved_hf_dataset, make_transform, match_channels, open_hf_media, scan_media_folder,
+                     select_split, to_model_range, verify_files)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".gif", ".avi")
 CLIP_STARTS = ("random", "first", "center")
@@ -170,7 +170,7 @@ class VideoFolderDataset(VideoClips):
         return self._clip(path, count, label)
 
 
-class HFVideoDataset(VideoClips):
+class HFVideoDataset(HFRows, VideoClips):
     """A Hugging Face ``datasets`` data set with a ``Video`` column (a ``save_to_disk`` folder or a hub
     name); decoded with PyAV from the stored bytes or path, so ``torchcodec`` is not needed.
     ``channels=None`` probes the first 16 videos.
@@ -190,12 +190,6 @@ class HFVideoDataset(VideoClips):
         if channels is None:
             head = self.dataset.select(range(min(16, len(self.dataset))))[self.video_column]
             self.channels = 1 if all(probe_video(hf_source(v))[1] for v in head) else 3
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def _name(self, index: int) -> str:
-        return f"{self.where} row {index}"
 
     def _load(self, index: int) -> dict:
         row = self.dataset[index]

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdiff.core.checkpoint import check_state_dict, config_from_dict, config_to_dict, load_tensors, save_tensors
-from mmdiff.data.images import digits_arrays
-from mmdiff.eval.metrics import frechet_from_stats, gaussian_stats, wasserstein_1d
+from ..core.checkpoint import check_state_dict, config_from_dict, config_to_dict, load_tensors, save_tensors
+from ..data.images import digits_arrays
+from .metrics import frechet_from_stats, gaussian_stats, wasserstein_1d
 
 WEIGHTS_PATH = Path(__file__).resolve().parent.parent / "assets" / "digits_classifier.safetensors"
 SIZE = 8  # load_digits resolution; the classifier reads only this

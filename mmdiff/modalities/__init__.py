@@ -1,4 +1,5 @@
-"""Modality plugins; importing this package registers every modality's pipeline."""
-from . import image  # noqa: F401
-from . import text  # noqa: F401
-from . import video  # noqa: F401
+"""Modality plugins, each the same shape: ``<name>/task.py`` (training), ``<name>/pipeline.py``
+(sampling), ``<name>/model.py`` where it has a network of its own. Image and video share the
+latent-diffusion base (``latent_task.py``, ``latent_pipeline.py``). Importing this package
+registers every modality's pipeline."""
+from . import image, text, video  # noqa: F401

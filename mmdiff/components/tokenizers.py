@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.checkpoint import CONFIG_NAME, CheckpointError, atomic_write_dir, config_from_dict, config_to_dict
+from ..registry import register_component
 
 SP_FILE = "tokenizer.model"
 KINDS = ("sentencepiece", "transformers", "alphabet")
@@ -265,4 +266,4 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     raise CheckpointError(f"{folder / CONFIG_NAME}: unknown tokenizer kind {config.kind!r}; known: {KINDS}")
 
 
-TOKENIZERS = (SentencePieceTokenizer, TransformersTokenizer, AlphabetTokenizer)
+TOKENIZERS = tuple(map(register_component, (SentencePieceTokenizer, TransformersTokenizer, AlphabetTokenizer)))

@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from ..core.checkpoint import CheckpointError, PICKLE_SUFFIXES, resolve_pretrained
+from ..registry import register_component
 
 SETTINGS = "mmdiff_text_encoder.json"
 
 
+@register_component
 class TextEncoder(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, max_length: int = 77):
         super().__init__()

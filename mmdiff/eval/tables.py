@@ -1,5 +1,6 @@
-"""Shared benchmark plumbing: pinned threads, warm-up + median timing, machine description, and
-rewriting one marked section of docs/benchmarks.md so each benchmark owns its own table."""
+"""What benchmarks and evaluation recipes share: pinned threads, warm-up + median and paired
+timing, the machine's description, markdown tables, and rewriting one marked section of
+docs/benchmarks.md so each benchmark owns its own table."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,10 @@ from pathlib import Path
 
 import torch
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+from ..core.dit import PRESETS
+
+# the checkout's docs: benchmarks run from a repository checkout, not an installed wheel
+DOC = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 
 
 def pin_threads(n: int | None = None) -> int:
@@ -56,19 +60,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def diffusers_dit(preset: str, *, out_channels: int, depth: int | None = None, in_channels: int = 4,
-                  sample_size: int = 32, num_classes: int = 1000):
-    """diffusers' ``DiTTransformer2DModel`` with the shape of our DiT ``preset`` (the paper's
-    LayerNorm eps 1e-6), built on the current default device."""
-    from diffusers import DiTTransformer2DModel
-
-    from mmdiff.core.dit import PRESETS
+def diffusers_dit_options(preset: str, *, out_channels: int, depth: int | None = None, in_channels: int = 4,
+                          sample_size: int = 32, num_classes: int = 1000) -> dict:
+    """Keyword arguments of diffusers' ``DiTTransformer2DModel`` with the shape of our DiT
+    ``preset`` (the paper's LayerNorm eps 1e-6); the caller, a benchmark, imports diffusers."""
     shape = PRESETS[preset]
     heads = shape["num_heads"]
-    return DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=shape["hidden_size"] // heads,
-                                 in_channels=in_channels, out_channels=out_channels,
-                                 num_layers=depth or shape["depth"], sample_size=sample_size,
-                                 patch_size=shape["patch"], num_embeds_ada_norm=num_classes, norm_eps=1e-6)
+    return dict(num_attention_heads=heads, attention_head_dim=shape["hidden_size"] // heads,
+                in_channels=in_channels, out_channels=out_channels, num_layers=depth or shape["depth"],
+                sample_size=sample_size, patch_size=shape["patch"], num_embeds_ada_norm=num_classes, norm_eps=1e-6)
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: not inflated by other jobs

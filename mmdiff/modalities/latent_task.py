@@ -1,13 +1,14 @@
-"""The modality plugin contract, and the latent-diffusion task that images and video share.
+"""The latent-diffusion task that images and video share (the training side of a modality).
 
 A modality supplies: its data (``build_dataset``), data -> latents (``encode``, through an
 autoencoder), latents -> tokens (a ``PatchConfig`` the core DiT patchifies with), latents -> data
 (``decode``), the conditioning it accepts, and how outputs are saved. Schedules, samplers, losses,
 the DiT and the Trainer know nothing else about it.
 
-``LatentDiffusionTask`` is what the one Trainer drives for images and video: the loss of a batch
-goes through ``mmdiff.core.parametrization.Denoiser.loss``, validation and export go through the
-modality's pipeline.
+``LatentDiffusionTask`` is what the one Trainer drives for images and video (the ``Task`` of
+``mmdiff.training.task``): the loss of a batch goes through
+``mmdiff.core.parametrization.Denoiser.loss``, validation and export go through the modality's
+pipeline (``latent_pipeline.py``).
 """
 from __future__ import annotations
 
@@ -15,33 +16,16 @@ from abc import ABC, abstractmethod
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import nn
 
-from ..core.checkpoint import config_to_dict
+from ..core.checkpoint import config_to_dict, shared_fields
 from ..core.dit import PRESETS, DiT, DiTConfig
 from ..core.parametrization import Denoiser, sample_training_sigmas
 from ..core.patch import PatchConfig
 from ..core.schedules import get_schedule
-from ..pipelines import PipelineConfig
-
-
-class Task(Protocol):
-    """What the one Trainer (``mmdiff.training.Trainer``) asks of every recipe's task."""
-
-    dataset: "torch.utils.data.Dataset"  # built by setup(); items are dicts of tensors
-    model: nn.Module  # built by setup(); the module the optimizer trains
-
-    def setup(self) -> None: ...  # build data set and model; raise on bad data before training
-    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]: ...  # scalar loss, extra logs
-    def validation(self, model: nn.Module, step: int, folder: Path) -> dict: ...  # writes files; name -> PIL image
-    def export(self, model: nn.Module, folder: Path) -> Path: ...  # save_pretrained of the pipeline
-    def signature(self) -> dict: ...  # what must match to resume (modality, model config)
-    def config(self) -> dict: ...  # the task's options, for logs and run.json
-    # optional: collate(items) -> batch; check_init_from(export) -> None, raising when an export
-    # given to --init_from does not fit the run beyond the model's config (text: its tokenizer)
+from ..registry import PipelineConfig
 
 
 @dataclass
@@ -142,13 +126,11 @@ class LatentDiffusionTask(ABC):
         if a.model not in PRESETS:
             raise ValueError(f"unknown --model '{a.model}'; choose one of {list(PRESETS)}")
         preset = dict(PRESETS[a.model])
-        patch = a.patch_size or preset["patch"]
-        preset.pop("patch")
-        sizes = {k: v for k, v in (("hidden_size", a.hidden_size), ("depth", a.depth), ("num_heads", a.num_heads))
-                 if v is not None}
-        pc = dataclasses.replace(self.patch_config(latent_shape), patch=patch)
-        return DiTConfig(patch=pc, **{**preset, **sizes}, num_classes=num_classes, class_dropout=a.class_dropout,
-                         class_embed_std=a.class_embed_std, qk_norm=a.qk_norm, **self.extra_dit_options())
+        patch = preset.pop("patch")
+        pc = dataclasses.replace(self.patch_config(latent_shape), patch=a.patch_size or patch)
+        # the recipe's options that are the DiT's (--depth, --qk_norm, --attention...) by name
+        return DiTConfig(**{**preset, **shared_fields(a, DiTConfig), "patch": pc, "num_classes": num_classes,
+                            **self.extra_dit_options()})
 
     def extra_dit_options(self) -> dict:
         return {}

@@ -1,0 +1,216 @@
+"""Sampling text: continuations, unconditional samples and infilling with a diffusion model (any
+core sampler, any step count) or the autoregressive baseline.
+
+    pipe = mmdiff.pipeline("text")                                   # the shipped docstrings model
+    pipe("The function returns", max_new_tokens=64)                  # a continuation (str)
+    pipe(num_samples=4, length=64)                                   # unconditional samples
+    pipe("Return the ____ of the ____.", infill_marker="____")       # infilling
+
+Prompts and infilling are given tokens: clean embeddings held by ``core.guidance.keep_known`` and
+flagged to the DiT by its learned given-embedding. Sampling ends with the nearest embedding
+(= the argmax token).
+"""
+from __future__ import annotations
+
+import torch
+
+from ...components.tokenizers import Tokenizer
+from ...core.samplers import per_sample_generators
+from ...core.schedules import SPACINGS
+from ...pipelines import Given, Pipeline
+from ...registry import register_pipeline
+from .model import ScoreInterpolation
+
+Tensor = torch.Tensor
+
+@register_pipeline("text")
+class TextPipeline(Pipeline):
+    """Text generation with a diffusion model (any core sampler, any step count) or with the
+    autoregressive baseline (``objective="ar"``: ancestral sampling, prompts only)."""
+
+    default_model = "text-docstrings"
+    spacings = SPACINGS + ("warp",)  # the learned time warp
+    progress = False  # a continuation is many short solves
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.components["tokenizer"]
+
+    @property
+    def max_length(self) -> int:
+        return self.model.config.max_length
+
+    def describe(self) -> str:
+        c = self.model.config
+        return (f"{c.objective} {c.depth}x{c.hidden_size}, vocab {c.vocab_size}, "
+                + (f"{self.config.sampler} {self.config.steps} steps" if c.objective == "diffusion" else "sampled"))
+
+    def denoiser(self) -> ScoreInterpolation:
+        return ScoreInterpolation(self.model)
+
+    def sigmas(self, steps: int | None = None, spacing: str | None = None) -> Tensor:
+        spacing = spacing or self.config.spacing
+        if spacing == "warp":
+            if self.model.warp is None:
+                raise ValueError("spacing='warp' needs a model trained with noise_distribution='warp'")
+            return self.model.warp_sigmas(steps or self.config.steps)
+        return super().sigmas(steps, spacing)
+
+    # ------------------------------------------------------------------------------ tokens
+    @torch.no_grad()
+    def generate_ids(self, ids: Tensor | None = None, given: Tensor | None = None, lengths: Tensor | None = None,
+                     *, num_samples: int | None = None, length: int | None = None, temperature: float = 1.0,
+                     self_conditioning: bool = True, options=None, **sampling) -> Tensor:
+        """Token ids (B, L): positions where ``given`` is true keep ``ids``; rows are ``lengths``
+        long (attention-masked beyond). Without ``ids``: ``num_samples`` rows of ``length`` tokens,
+        starting with the tokenizer's ``bos`` when it has one. ``temperature`` < 1 samples colder:
+        the AR model's token draws, or the diffusion denoiser's score interpolation
+        ``softmax(logits / temperature) @ E`` (0: greedy / the argmax token's embedding).
+        ``self_conditioning=False`` gives a self-conditioned model zeros in place of its previous
+        estimate at every step, as on the training steps without it (an ablation: docs/text.md).
+        ``sampling``: the ``SamplingOptions`` fields and the sampler's own options."""
+        opts = self.options(options, **sampling)
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if ids is None:
+            ids, given = self._blank(num_samples or 1, length or self.max_length)
+        B, L = ids.shape
+        if L > self.max_length:
+            raise ValueError(f"{L} tokens is more than the {self.max_length} this model was trained on")
+        given = torch.zeros_like(ids, dtype=torch.bool) if given is None else given.bool()
+        lengths = torch.full((B,), L) if lengths is None else torch.as_tensor(lengths)
+        ids, given = ids.to(self.device), given.to(self.device)
+        mask = (torch.arange(L)[None] < lengths[:, None]).to(self.device)
+        if self.model.config.objective == "ar":
+            return self._autoregress(ids, given, mask, opts, temperature)
+        E = self.model.embeddings()
+        cond = {} if bool(mask.all()) else {"attention_mask": mask}
+        if temperature != 1.0:
+            cond["temperature"] = temperature
+        if not self_conditioning:
+            cond["self_conditioning"] = False
+        held = None
+        if bool(given.any()):
+            held = Given(E[ids], given[..., None].expand(B, L, E.shape[1]).float(), mask_kwarg="given")
+        x = self.solve((B, L, E.shape[1]), opts, cond=cond, given=held)
+        out = (x.float() @ E.T).argmax(-1)  # nearest embedding: every row of E has the same norm
+        return torch.where(mask, out, self.tokenizer.pad_id)
+
+    def _blank(self, n: int, length: int) -> tuple[Tensor, Tensor]:
+        """Rows of padding to generate, starting with a given ``bos`` when the tokenizer has one."""
+        ids = torch.full((n, length), self.tokenizer.pad_id, dtype=torch.long)
+        given = torch.zeros(n, length, dtype=torch.bool)
+        if self.tokenizer.bos_id is not None:
+            ids[:, 0], given[:, 0] = self.tokenizer.bos_id, True
+        return ids, given
+
+    def _autoregress(self, ids, given, mask, options, temperature) -> Tensor:
+        """Left to right: every position that is not given is drawn from the model (Gumbel-max with
+        per-sample generators, so a sample does not depend on its batch)."""
+        B, L = ids.shape
+        gens = per_sample_generators(options.generator, B)
+        V = self.model.config.vocab_size
+        for t in range(L):
+            if bool(given[:, t].all()):
+                continue
+            logits = self.model.ar_logits(ids[:, : t + 1])[:, t].float()  # (B, V)
+            if temperature == 0:
+                draw = logits.argmax(-1)
+            else:
+                u = torch.stack([torch.rand(V, generator=g) for g in gens]) if gens else torch.rand(B, V)
+                gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+                draw = (logits / temperature + gumbel.to(logits.device)).argmax(-1)
+            ids[:, t] = torch.where(given[:, t], ids[:, t], draw)
+        return torch.where(mask, ids, self.tokenizer.pad_id)
+
+    @torch.no_grad()
+    def nll(self, ids: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Per-sequence NLL per token (B,) under this pipeline's AR model (generative perplexity =
+        exp of the mean)."""
+        mask = None if lengths is None else (torch.arange(ids.shape[1])[None] < torch.as_tensor(lengths)[:, None])
+        per_tok = self.model.nll(ids.to(self.device), None if mask is None else mask.to(self.device))
+        count = ids.shape[1] if mask is None else mask.sum(1).to(self.device)
+        return per_tok.sum(1) / count
+
+    # ------------------------------------------------------------------------------ strings
+    def _encode_prompt(self, text: str, infill_marker: str | None, infill_tokens: int) -> tuple[list, list]:
+        """(ids, given flags) of a prompt, blanks at every ``infill_marker`` (``infill_tokens`` each)."""
+        tok = self.tokenizer
+        ids = [tok.bos_id] if tok.bos_id is not None else []
+        given = [True] * len(ids)
+        parts = text.split(infill_marker) if infill_marker else [text]
+        for k, part in enumerate(parts):
+            if k:
+                ids += [tok.pad_id] * infill_tokens
+                given += [False] * infill_tokens
+            part = part.rstrip(" ") if k < len(parts) - 1 else part  # the blank's first piece carries the space
+            piece = tok.encode(part, document_start=k == 0) if part else []
+            ids += piece
+            given += [True] * len(piece)
+        return ids, given
+
+    def _stop(self, new: list[int]) -> list[int]:
+        eos = self.tokenizer.eos_id
+        return new[: new.index(eos)] if eos is not None and eos in new else new
+
+    def __call__(self, prompt: str | list[str] | None = None, *, max_new_tokens: int = 64,
+                 num_samples: int | None = None, length: int | None = None, infill_marker: str | None = None,
+                 infill_tokens: int = 3, temperature: float = 1.0, self_conditioning: bool = True,
+                 return_full_text: bool = False, options=None, **sampling):
+        """``pipe("The function returns", max_new_tokens=64)`` -> the continuation (str), stopped at
+        the end-of-sequence token; a list of prompts -> a list. ``pipe(num_samples=4, length=64)``
+        -> unconditional samples. With ``infill_marker``, every marker in the prompt becomes
+        ``infill_tokens`` generated tokens and the whole filled text is returned. ``sampling``: the
+        ``SamplingOptions`` fields and the sampler's own options."""
+        kw = dict(temperature=temperature, self_conditioning=self_conditioning, options=self.options(options, **sampling))
+        if prompt is None:
+            ids = self.generate_ids(num_samples=num_samples or 1, length=length or self.max_length, **kw)
+            return [self.tokenizer.decode(self._stop(row[1:] if self.tokenizer.bos_id is not None else row))
+                    for row in ids.tolist()]
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        encoded = [self._encode_prompt(p, infill_marker, infill_tokens) for p in prompts]
+        if infill_marker:
+            texts = [self.tokenizer.decode(ids) for ids, _ in self._fill(encoded, 0, kw)]
+        else:
+            texts = [self._continuation(ids, p_ids, return_full_text)
+                     for (ids, _), (p_ids, _) in zip(self._continue(encoded, max_new_tokens, kw), encoded)]
+        return texts[0] if isinstance(prompt, str) else texts
+
+    def _continuation(self, ids: list[int], prompt_ids: list[int], full: bool) -> str:
+        text = self.tokenizer.decode(prompt_ids + self._stop(ids[len(prompt_ids):]))
+        return text if full else text[len(self.tokenizer.decode(prompt_ids)):]
+
+    def _fill(self, encoded, new, kw):
+        """One solve over rows ``prompt + new`` tokens long (padded to the longest and masked)."""
+        rows = [(ids + [self.tokenizer.pad_id] * new, given + [False] * new) for ids, given in encoded]
+        L = max(len(r[0]) for r in rows)
+        if L > self.max_length:
+            raise ValueError(f"the prompt needs {L} tokens, more than the model's {self.max_length}; shorten it")
+        ids = torch.tensor([r[0] + [self.tokenizer.pad_id] * (L - len(r[0])) for r in rows])
+        given = torch.tensor([r[1] + [False] * (L - len(r[1])) for r in rows])
+        lengths = torch.tensor([len(r[0]) for r in rows])
+        out = self.generate_ids(ids, given, lengths, **kw).tolist()
+        return [(o[:n], g) for o, n, (_, g) in zip(out, lengths.tolist(), rows)]
+
+    def _continue(self, encoded, max_new_tokens, kw):
+        """Continue each prompt by ``max_new_tokens``; beyond the model's window, block by block with
+        the latest tokens as the given prefix. Stops early once every row has produced ``eos``."""
+        L, eos = self.max_length, self.tokenizer.eos_id
+        done = [list(ids) for ids, _ in encoded]
+        start = [len(ids) for ids in done]
+        while True:
+            remaining = [max_new_tokens - (len(d) - s) for d, s in zip(done, start)]
+            finished = [r <= 0 or (eos is not None and eos in d[s:]) for d, s, r in zip(done, start, remaining)]
+            if all(finished):
+                return [(d, None) for d in done]
+            blocks = []
+            for d, r in zip(done, remaining):
+                r = max(r, 1)
+                ctx = d if len(d) + r <= L else d[len(d) - (L - min(r, L // 2)):]  # keep the latest tokens
+                blocks.append((ctx, [True] * len(ctx), min(r, L - len(ctx))))
+            steps = max(b[2] for b in blocks)
+            filled = self._fill([(c, g) for c, g, _ in blocks], steps, kw)
+            for k, ((ctx, _, n), (ids, _)) in enumerate(zip(blocks, filled)):
+                if not finished[k]:
+                    done[k] += ids[len(ctx): len(ctx) + n]
+
