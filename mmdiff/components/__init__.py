@@ -1,0 +1,1 @@
+"""Reusable parts any floor may use: autoencoders, text encoders, tokenizers, weight converters."""
