@@ -367,7 +367,8 @@ def convert_original_state_dict(state_dict: dict[str, Tensor], kind: str = "dit"
     for i in range(config.depth):
         for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1"):
             rules += _linear(f"blocks.{i}.{name}", f"blocks.{i}.{name}")
-    tensors = _apply(rules, state_dict, config, f"original {kind.upper()} checkpoint", fixed={"patcher.pos": "pos_embed"})
+    source = f"original {kind.upper()} checkpoint"
+    tensors = _apply(rules, state_dict, config, source, fixed={"patcher.pos": "pos_embed"})
     if kind == "sit":
         _fold_sit(tensors, config)
     return config, tensors
