@@ -329,6 +329,8 @@ def test_unsupported_classes_are_refused_with_the_supported_ones_listed():
         config_from_diffusers({"_class_name": "UNet2DConditionModel", "in_channels": 4})
     with pytest.raises(CheckpointError, match="norm_type 'layer_norm'.*not a DiT"):
         config_from_diffusers({"_class_name": "Transformer2DModel", "in_channels": 4, "patch_size": 2})
+    with pytest.raises(CheckpointError, match="patch_size None is not a DiT"):
+        config_from_diffusers({"_class_name": "Transformer2DModel", "norm_type": "ada_norm_zero", "patch_size": None})
     with pytest.raises(CheckpointError, match="norm_elementwise_affine"):
         config_from_diffusers({"_class_name": "DiTTransformer2DModel", "norm_elementwise_affine": True})
 
@@ -381,15 +383,17 @@ def test_parameter_counts_match_the_papers_and_diffusers():
     assert count(dit) == count(their_dit) - copies
     assert count(pixart) == count(their_pixart) == PIXART_ALPHA_XL2
     assert pixart.config.size_conditioning and pixart.config.patch.pos_scale == 2
+    c = dit.config  # the hub config leaves norm_eps out: DiTTransformer2DModel's default, as diffusers reads it
+    assert (c.learned_sigma, c.frequency_shift, c.attention_norm_eps, c.mlp_norm_eps) == (True, 1.0, 1e-6, 1e-5)
+    no_eps = {k: v for k, v in PIXART_XL_2_1024.items() if k != "norm_eps"}
+    assert config_from_diffusers(no_eps).mlp_norm_eps == 1e-6  # PixArtTransformer2DModel's default
 
 
 def test_defaults_match_diffusers_signatures():
-    for cls in (DiTTransformer2DModel, PixArtTransformer2DModel, Transformer2DModel):
+    for cls in (DiTTransformer2DModel, PixArtTransformer2DModel):
         params = inspect.signature(cls.__init__).parameters
-        ours = DIFFUSERS_DEFAULTS[cls.__name__]
-        for name, value in ours.items():
-            if name in params:
-                assert params[name].default == value, (cls.__name__, name)
+        ours = {k: v for k, v in DIFFUSERS_DEFAULTS[cls.__name__].items() if k in params}
+        assert len(ours) >= 13 and ours == {k: params[k].default for k in ours}, cls.__name__
 
 
 def test_library_never_imports_diffusers_and_unpickles_in_one_place():

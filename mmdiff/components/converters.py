@@ -52,7 +52,7 @@ ORIGINAL_KINDS = ("dit", "sit")
 # diffusers reads a legacy Transformer2DModel folder as one of the new classes, by norm type.
 LEGACY_NORMS = {"ada_norm_zero": "DiTTransformer2DModel", "ada_norm_single": "PixArtTransformer2DModel"}
 # The constructor defaults of each class (diffusers' signatures; tests compare), for keys a
-# config.json may leave out.
+# config.json may leave out. A legacy config gets those of the class it is read as, as in diffusers.
 _COMMON = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, num_layers=28, patch_size=2,
                activation_fn="gelu-approximate", num_embeds_ada_norm=1000, attention_bias=True,
                norm_elementwise_affine=False, cross_attention_dim=None, caption_channels=None,
@@ -63,10 +63,6 @@ DIFFUSERS_DEFAULTS = {
                               "norm_eps": 1e-5},
     "PixArtTransformer2DModel": {**_COMMON, "out_channels": 8, "sample_size": 128, "cross_attention_dim": 1152,
                                  "norm_type": "ada_norm_single", "norm_eps": 1e-6},
-    "Transformer2DModel": {**_COMMON, "attention_head_dim": 88, "in_channels": None, "out_channels": None,
-                           "num_layers": 1, "sample_size": None, "patch_size": None, "activation_fn": "geglu",
-                           "num_embeds_ada_norm": None, "attention_bias": False, "norm_type": "layer_norm",
-                           "norm_elementwise_affine": True, "norm_eps": 1e-5},
 }
 # What our DiT implements of the options diffusers' blocks offer; anything else is refused.
 _REQUIRED = dict(activation_fn="gelu-approximate", attention_bias=True, norm_elementwise_affine=False,
@@ -123,7 +119,7 @@ def _transform(rule: Rule, parts: list[Tensor], patch: PatchConfig) -> Tensor:
 
 
 def _apply(rules: list[Rule], state_dict: dict, config: DiTConfig, source: str,
-           tied: dict[str, str] = (), fixed: dict[str, str] = ()) -> dict[str, Tensor]:
+           tied: dict[str, str] | None = None, fixed: dict[str, str] | None = None) -> dict[str, Tensor]:
     """Our state dict from ``state_dict`` by ``rules``. ``tied``: source tensors that must equal
     another source tensor (copies we keep once); ``fixed``: source tables that must equal ours
     (our name -> theirs). Missing, unexpected, misshapen or differing tensors are named."""
@@ -135,12 +131,12 @@ def _apply(rules: list[Rule], state_dict: dict, config: DiTConfig, source: str,
         parts = [_source(state_dict, name, want, source) for name in rule.sources]
         out[rule.ours] = _transform(rule, parts, config.patch)
         used.update(rule.sources)
-    for name, ref in dict(tied).items():
+    for name, ref in (tied or {}).items():
         _check_equal(_source(state_dict, name, tuple(state_dict[ref].shape), source), state_dict[ref], name, ref,
                      source)
         used.add(name)
     out["patcher.pos"] = build_patcher(config.patch, config.hidden_size).pos
-    for ours, theirs in dict(fixed).items():
+    for ours, theirs in (fixed or {}).items():
         if theirs in state_dict:
             _check_table(state_dict[theirs], out[ours], theirs, source)
             used.add(theirs)
@@ -171,13 +167,16 @@ def _check_equal(t: Tensor, ref: Tensor, name: str, ref_name: str, source: str) 
 
 
 def _check_table(stored: Tensor, ours: Tensor, name: str, source: str, atol: float = 1e-5) -> None:
+    """A stored fixed positional table against ours; both are float32 roundings of float64 sin-cos."""
     stored = stored.reshape(-1, stored.shape[-1]).double()
-    if stored.shape != ours.shape or (stored - ours.double()).abs().max() > atol:
-        diff = "shape " + str(tuple(stored.shape)) if stored.shape != ours.shape else \
-            f"max abs difference {(stored - ours.double()).abs().max().item():.3g}"
-        raise CheckpointError(f"{source}: the stored positional table '{name}' is not the 2-D sin-cos table of the "
-                              f"config's grid ({diff} against {tuple(ours.shape)}); the model was trained with other "
-                              f"positions")
+    if stored.shape != ours.shape:
+        problem = f"shape {tuple(stored.shape)}, not {tuple(ours.shape)}"
+    elif (stored - ours.double()).abs().max() > atol:
+        problem = f"max abs difference {(stored - ours.double()).abs().max().item():.3g}"
+    else:
+        return
+    raise CheckpointError(f"{source}: the stored positional table '{name}' is not the 2-D sin-cos table of the "
+                          f"config's grid ({problem}); the model was trained with other positions")
 
 
 def _block_rules(i: int, theirs: str, attn1: str = "attn1") -> list[Rule]:
@@ -198,13 +197,14 @@ def _diffusers_kind(config: dict) -> tuple[str, dict]:
         raise CheckpointError(f"cannot convert a diffusers {name or 'config without _class_name'}: mmdiff's DiT "
                               f"runs {', '.join(SUPPORTED_CLASSES)} (the last with norm_type "
                               f"{' or '.join(repr(n) for n in LEGACY_NORMS)})")
-    full = {**DIFFUSERS_DEFAULTS[name], **{k: v for k, v in config.items() if not k.startswith("_")}}
     if name == "Transformer2DModel":
-        if full["norm_type"] not in LEGACY_NORMS or full["patch_size"] is None:
-            raise CheckpointError(f"a diffusers Transformer2DModel with norm_type '{full['norm_type']}' and "
-                                  f"patch_size {full['patch_size']} is not a DiT (it is a UNet's attention block); "
+        norm = config.get("norm_type", "layer_norm")
+        if norm not in LEGACY_NORMS or config.get("patch_size", 0) is None:
+            raise CheckpointError(f"a diffusers Transformer2DModel with norm_type '{norm}' and patch_size "
+                                  f"{config.get('patch_size')} is not a DiT (it is a UNet's attention block); "
                                   f"supported are patched ones with norm_type {' or '.join(LEGACY_NORMS)}")
-        name = LEGACY_NORMS[full["norm_type"]]
+        name = LEGACY_NORMS[norm]
+    full = {**DIFFUSERS_DEFAULTS[name], **{k: v for k, v in config.items() if not k.startswith("_")}}
     wrong = {k: full[k] for k, v in _REQUIRED.items() if full[k] != v}
     if wrong:
         raise CheckpointError(f"diffusers {name} option(s) {wrong} are not supported by mmdiff's DiT, "
