@@ -2,11 +2,16 @@
 
 One ``DiTBlock`` serves every modality. Its self-attention runs over all tokens ("joint"), over
 the tokens of each frame ("spatial") or over each spatial position across frames ("temporal");
-the last two only regroup the token tensor with einops, so frame attention never forms a
-(T*H*W)^2 attention matrix. Attention is SDPA, except short bfloat16 sequences on the
-CPU, which train faster written out (``ScoresAttention``, float32 scores as in the flash kernel).
-Conditioning is adaLN-Zero on noise level (+ class label), with optional cross-attention to a
-sequence of context embeddings (text encoders).
+the last two only regroup the token tensor with einops (``attention.py``), so frame attention
+never forms a (T*H*W)^2 attention matrix. Conditioning is adaLN-Zero on noise level (+ class
+label), with optional cross-attention to a sequence of context embeddings (text encoders).
+
+Published DiT-family weights (DiT, SiT, PixArt-alpha/Sigma) run natively through a few config
+options that ``mmdiff.components.converters`` sets; their defaults are the DiT paper's code and
+leave the forward of every mmdiff model as it was: diffusers' timestep-frequency shift and
+LayerNorm eps, learned-variance outputs (the variance channels are never computed), PixArt's
+adaLN-single (one shared projection plus per-block tables), its caption projection,
+cross-attention without a LayerNorm and its 1024-px size micro-conditions.
 """
 from __future__ import annotations
 
@@ -15,12 +20,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .attention import KEPT_FOR_BACKWARD, Attention, ScoresAttention, attend  # noqa: F401 (the DiT's API)
 from .checkpoint import PretrainedMixin
-from .patch import PatchConfig, apply_rope, build_patcher, rope_frequencies
+from .patch import PatchConfig, build_patcher, rope_frequencies
 
 Tensor = torch.Tensor
 
@@ -29,6 +34,7 @@ SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152
 PRESETS = {f"DiT-{size}/{p}": dict(hidden_size=d, depth=n, num_heads=h, patch=p)
            for size, (d, n, h) in SIZES.items() for p in (2, 4, 8)}
 ATTENTIONS = ("joint", "factorized", "causal")
+ADALNS = ("zero", "single")
 
 
 @dataclass
@@ -50,23 +56,53 @@ class DiTConfig:
     given_embedding: bool = False  # a learned flag on tokens whose content is given clean
     gradient_checkpointing: bool = False
     frequency_dim: int = 256
+    # Options of published checkpoints (mmdiff.components.converters sets them); each default is
+    # the DiT paper's code, which mmdiff's own models follow.
+    frequency_shift: float = 0.0  # diffusers' downscale_freq_shift: frequencies 1e4^(-i / (half - shift))
+    timestep_scale: float = 1.0  # sinusoids of timestep * scale (SiT embeds its time in [0, 1])
+    attention_norm_eps: float = 1e-6  # the LayerNorm before self-attention
+    mlp_norm_eps: float = 1e-6  # the LayerNorm before the MLP (diffusers' DiT: 1e-5)
+    # The output layer also predicts out_channels variance channels (improved DDPM); they are never
+    # computed here, so the model returns eps and guidance acts on eps alone.
+    learned_sigma: bool = False
+    adaln: str = "zero"  # "single": PixArt's one shared projection plus a learned table per block
+    context_norm: bool = True  # a LayerNorm before cross-attention (PixArt has none)
+    context_projection: bool = False  # PixArt's caption projection: MLP context_dim -> hidden_size
+    size_conditioning: bool = False  # PixArt-alpha 1024 px: forward takes resolution and aspect_ratio
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"unknown attention '{self.attention}'; choose one of {ATTENTIONS}")
+        if self.adaln not in ADALNS:
+            raise ValueError(f"unknown adaln '{self.adaln}'; choose one of {ADALNS}")
+        if self.context_projection and not self.context_dim:
+            raise ValueError("context_projection needs context_dim > 0 (the width of the context it projects)")
+        if self.size_conditioning and self.hidden_size % 3:
+            raise ValueError(f"size_conditioning splits hidden_size into height, width and aspect ratio "
+                             f"thirds; {self.hidden_size} is not divisible by 3")
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return torch.addcmul(shift, x, 1 + scale)
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal features of a (fractional) timestep, ``[cos, sin]`` as in DiT/ADM."""
+def timestep_frequencies(dim: int, max_period: float = 10000.0, shift: float = 0.0, device=None) -> Tensor:
+    """The dim // 2 float32 frequencies of ``timestep_embedding``, geometric from 1 down."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=device)
+    return torch.exp(exponent / (half - shift))
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, shift: float = 0.0,
+                       scale: float = 1.0) -> Tensor:
+    """Sinusoidal features of a (fractional) timestep, ``[cos, sin]`` as in DiT/ADM. ``shift`` is
+    diffusers' ``downscale_freq_shift`` (its DiT divides the exponent by half - 1, the paper's code
+    by half); ``scale`` multiplies the timestep first."""
+    freqs = timestep_frequencies(dim, max_period, shift, t.device)
+    t = t.float() if scale == 1 else t.float() * scale
+    args = t[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
@@ -83,114 +119,31 @@ def per_sample(layer: nn.Module, c: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class TimestepEmbedder(nn.Module):
-    def __init__(self, hidden: int, frequency_dim: int):
+    def __init__(self, hidden: int, frequency_dim: int, shift: float = 0.0, scale: float = 1.0):
         super().__init__()
-        self.frequency_dim = frequency_dim
+        self.frequency_dim, self.shift, self.scale = frequency_dim, shift, scale
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+        features = timestep_embedding(t, self.frequency_dim, shift=self.shift, scale=self.scale)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
-class ScoresAttention(torch.autograd.Function):
-    """``softmax(q k^T / sqrt(d)) v`` written out, for short bfloat16 sequences on the CPU, where
-    PyTorch's flash kernel trains ~1.5x slower than plain batched matmuls (benchmarks/dit_train.py)
-    and its masked or causal backward slower still. Scores and softmax stay float32 as in the flash
-    kernel; the products with the probabilities and the gradients run in bfloat16. ``mask``: a
-    boolean broadcastable to (B, H, N, M), True where a query may attend (SDPA's convention);
-    ``causal``: queries attend to keys at their position and before. Saves the probabilities
-    (B, H, N, M) where flash saves a log-sum-exp (B, H, N)."""
+class SizeEmbedder(nn.Module):
+    """PixArt-alpha's micro-conditions: height and width (pixels) through one sinusoid MLP, the
+    aspect ratio (height / width) through another, each to a third of the hidden width; the
+    concatenation (B, D) is added to the timestep embedding."""
 
-    @staticmethod
-    def forward(ctx, q, k, v, mask=None, causal=False):
-        # Dense copies of the strided views of the fused qkv output: every product below reads
-        # them, and matmul would otherwise copy them each time.
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # (B, H, N, d), (B, H, M, d)
-        scale = q.shape[-1] ** -0.5
-        q32 = q.to(torch.float32, copy=True).mul_(scale)
-        scores = q32 @ k.float().transpose(-1, -2)  # (B, H, N, M)
-        if causal:
-            mask = _causal(q.shape[-2], k.shape[-2], q.device) if mask is None else mask & _causal(
-                q.shape[-2], k.shape[-2], q.device)
-        if mask is not None:
-            scores.masked_fill_(~mask, float("-inf"))
-        p = scores.softmax(-1)
-        if mask is not None:  # a query with no key to attend to (an empty context) gets 0, as in SDPA
-            p.masked_fill_(~mask.any(-1, keepdim=True), 0.0)
-        p = p.to(v.dtype)
-        ctx.save_for_backward(q, k, v, p)
-        # Stored (B, N, H, d) like flash's output, so merging the heads afterwards is a free view.
-        return (p @ v).transpose(1, 2).contiguous().transpose(1, 2)  # (B, H, N, d)
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, p = ctx.saved_tensors
-        scale = q.shape[-1] ** -0.5
-        # ATen's fused softmax backward, p * (dp - rowsum(dp * p)), accumulates in float32 and
-        # reads the bfloat16 operands directly; written out with a float32 copy, the mixed-dtype
-        # product alone took as long as a (N, M) matmul. Masked entries have p = 0, so no gradient.
-        ds = torch.ops.aten._softmax_backward_data(grad @ v.transpose(-1, -2), p, -1, p.dtype)
-        # 1/sqrt(d) goes on the (N, d) results, a quarter the size of ds at M = 4d.
-        return (ds @ k).mul_(scale), (ds.transpose(-1, -2) @ q).mul_(scale), p.transpose(-1, -2) @ grad, None, None
-
-
-def _causal(n: int, m: int, device) -> Tensor:
-    """SDPA's ``is_causal`` pattern: query i sees keys 0..i (top-left aligned)."""
-    return torch.ones(n, m, dtype=torch.bool, device=device).tril()
-
-
-# Any attention keeps q, k, v and its output for backward: 4 * D values per query. The explicit
-# path adds H * M probabilities per query and is taken only while that is no more (M <= 4 * d).
-KEPT_FOR_BACKWARD = 4
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-    """Attention over (B, H, N, d) queries and (B, H, M, d) keys/values, ``mask`` boolean (True
-    attends) or additive: SDPA, except bfloat16 on the CPU with short keys and no additive mask
-    (``ScoresAttention``), at most doubling attention memory."""
-    short = k.shape[-2] <= KEPT_FOR_BACKWARD * q.shape[-1]
-    boolean = mask is None or mask.dtype == torch.bool
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and boolean and short:
-        return ScoresAttention.apply(q, k, v, mask, causal)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-
-
-class Attention(nn.Module):
-    """Multi-head attention through ``attend``; ``mode`` regroups tokens before attending."""
-
-    def __init__(self, dim: int, heads: int, qk_norm: bool, context_dim: int = 0):
+    def __init__(self, hidden: int, frequency_dim: int):
         super().__init__()
-        self.heads = heads
-        self.cross = context_dim > 0
-        if self.cross:
-            self.q = nn.Linear(dim, dim)
-            self.kv = nn.Linear(context_dim, 2 * dim)
-        else:
-            self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
+        self.resolution = TimestepEmbedder(hidden // 3, frequency_dim)
+        self.aspect_ratio = TimestepEmbedder(hidden // 3, frequency_dim)
 
-    def forward(self, x, *, mode="joint", grid=None, rope=None, mask=None, causal=False, context=None):
-        if mode == "spatial":
-            x = rearrange(x, "b (t s) d -> (b t) s d", t=grid[0])
-        elif mode == "temporal":
-            x = rearrange(x, "b (t s) d -> (b s) t d", t=grid[0])
-        if self.cross:
-            q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads)
-            k, v = rearrange(self.kv(context), "b m (two h d) -> two b h m d", two=2, h=self.heads)
-        else:
-            q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attend(q, k, v, mask, causal)
-        out = self.proj(rearrange(out, "b h n d -> b n (h d)"))
-        if mode == "spatial":
-            out = rearrange(out, "(b t) s d -> b (t s) d", t=grid[0])
-        elif mode == "temporal":
-            out = rearrange(out, "(b s) t d -> b (t s) d", s=grid[1])
-        return out
+    def forward(self, resolution: Tensor, aspect_ratio: Tensor) -> Tensor:
+        b = resolution.shape[0]
+        size = self.resolution(resolution.reshape(-1)).reshape(b, -1)  # (B, 2D/3): height, width
+        ratio = self.aspect_ratio(aspect_ratio.reshape(-1)).reshape(b, -1)  # (B, D/3)
+        return torch.cat([size, ratio], dim=-1)  # (B, D)
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -204,32 +157,45 @@ def gelu_tanh(x: Tensor) -> Tensor:
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, out: int | None = None):
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, out or dim)
 
     def forward(self, x):
         return self.fc2(gelu_tanh(self.fc1(x)))
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero block: modulated self-attention, optional cross-attention, modulated MLP."""
+    """adaLN-Zero block: modulated self-attention, optional cross-attention, modulated MLP. The
+    modulation is the block's own projection of the conditioning ``c`` (B, D), or with
+    ``adaln="single"`` (PixArt) the model's shared projection ``c`` (B, 1, 6D) plus the block's table."""
 
     def __init__(self, config: DiTConfig, mode: str = "joint"):
         super().__init__()
         d = config.hidden_size
         self.mode = mode
-        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=config.attention_norm_eps)
         self.attn = Attention(d, config.num_heads, config.qk_norm)
         if config.context_dim:
-            self.norm_cross = nn.LayerNorm(d, eps=1e-6)
-            self.cross_attn = Attention(d, config.num_heads, config.qk_norm, context_dim=config.context_dim)
-        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+            self.norm_cross = nn.LayerNorm(d, eps=1e-6) if config.context_norm else nn.Identity()
+            kv_dim = d if config.context_projection else config.context_dim
+            self.cross_attn = Attention(d, config.num_heads, config.qk_norm, context_dim=kv_dim)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=config.mlp_norm_eps)
         self.mlp = Mlp(d, int(d * config.mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.single = config.adaln == "single"
+        if self.single:
+            self.scale_shift_table = nn.Parameter(torch.zeros(6, d))
+        else:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+
+    def modulation(self, c: Tensor, dtype: torch.dtype) -> Tensor:
+        """(B, 1, 6D): shift, scale and gate of the attention, then of the MLP."""
+        if self.single:
+            return (c + self.scale_shift_table.flatten()).to(dtype)
+        return per_sample(self.adaLN_modulation, c, dtype)
 
     def forward(self, x, c, grid=None, rope=None, mask=None, causal=False, context=None, context_mask=None):
-        shift1, scale1, gate1, shift2, scale2, gate2 = per_sample(self.adaLN_modulation, c, x.dtype).chunk(6, dim=-1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c, x.dtype).chunk(6, dim=-1)
         mode = self.mode if grid is not None else "joint"
         h = self.attn(modulate(self.norm1(x), shift1, scale1), mode=mode, grid=grid, rope=rope, mask=mask,
                       causal=causal)
@@ -240,20 +206,41 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, hidden: int, out_dim: int):
+    """Modulated LayerNorm and a linear map to ``out_dim`` values per token. With learned sigma the
+    linear map holds ``out_dim`` more rows, the variance channels after the eps ones (tokens are
+    channel-major), and only the eps rows are computed."""
+
+    def __init__(self, config: DiTConfig, out_dim: int):
         super().__init__()
-        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(hidden, out_dim)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        d = config.hidden_size
+        self.out_dim, self.learned_sigma = out_dim, config.learned_sigma
+        self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(d, 2 * out_dim if config.learned_sigma else out_dim)
+        self.single = config.adaln == "single"
+        if self.single:
+            self.scale_shift_table = nn.Parameter(torch.zeros(2, d))
+        else:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+
+    def modulation(self, c: Tensor, dtype: torch.dtype) -> Tensor:
+        """(B, 1, 2D) shift and scale; PixArt adds its table to the embedded timestep itself."""
+        if self.single:
+            return (self.scale_shift_table.flatten() + c.repeat(1, 2))[:, None].to(dtype)
+        return per_sample(self.adaLN_modulation, c, dtype)
 
     def forward(self, x, c):
-        shift, scale = per_sample(self.adaLN_modulation, c, x.dtype).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        shift, scale = self.modulation(c, x.dtype).chunk(2, dim=-1)
+        h = modulate(self.norm(x), shift, scale)
+        if self.learned_sigma:
+            return F.linear(h, self.linear.weight[: self.out_dim], self.linear.bias[: self.out_dim])
+        return self.linear(h)
 
 
 class DiT(PretrainedMixin, nn.Module):
     """``model(x, timestep, class_labels=None, context=None, context_mask=None, given=None,
-    attention_mask=None)`` -> output shaped like ``x`` (with ``out_channels`` channels)."""
+    attention_mask=None, resolution=None, aspect_ratio=None)`` -> output shaped like ``x`` (with
+    ``out_channels`` channels). Masks are per key, 1/True = attend; ``resolution`` (B, 2) [height,
+    width] and ``aspect_ratio`` (B, 1) only for a model with ``size_conditioning``."""
 
     config_class = DiTConfig
 
@@ -265,7 +252,13 @@ class DiT(PretrainedMixin, nn.Module):
         out_channels = config.out_channels or pc.channels
         self.out_dim = self.patcher.token_dim // pc.channels * out_channels
         self.x_embedder = nn.Linear(self.patcher.token_dim, d)
-        self.t_embedder = TimestepEmbedder(d, config.frequency_dim)
+        self.t_embedder = TimestepEmbedder(d, config.frequency_dim, config.frequency_shift, config.timestep_scale)
+        if config.size_conditioning:
+            self.size_embedder = SizeEmbedder(d, config.frequency_dim)
+        if config.adaln == "single":
+            self.adaLN_single = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        if config.context_projection:
+            self.context_embedder = Mlp(config.context_dim, d, d)
         if config.num_classes:
             # The null class (index num_classes) exists only when labels are dropped in training.
             self.y_embedder = nn.Embedding(config.num_classes + int(config.class_dropout > 0), d)
@@ -273,7 +266,7 @@ class DiT(PretrainedMixin, nn.Module):
             self.given_embed = nn.Parameter(torch.zeros(d))
         modes = ["spatial", "temporal"] if config.attention == "factorized" else ["joint"]
         self.blocks = nn.ModuleList(DiTBlock(config, modes[i % len(modes)]) for i in range(config.depth))
-        self.final_layer = FinalLayer(d, self.out_dim)
+        self.final_layer = FinalLayer(config, self.out_dim)
         if pc.kind == "sequence" and pc.positions == "rope":
             cos, sin = rope_frequencies(d // config.num_heads, pc.size[0])
             self.register_buffer("rope_cos", cos)
@@ -311,15 +304,18 @@ class DiT(PretrainedMixin, nn.Module):
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.config.num_classes:
             nn.init.normal_(self.y_embedder.weight, std=self.config.class_embed_std)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+        # adaLN-single's tables start at zero, so zeroing its shared projection zeroes every gate too.
+        modulations = [self.adaLN_single] if self.config.adaln == "single" else [
+            m.adaLN_modulation for m in (*self.blocks, self.final_layer)]
+        for layer in (*(m[-1] for m in modulations), self.final_layer.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def condition(self, timestep: Tensor, class_labels: Tensor | None) -> Tensor:
+    def condition(self, timestep: Tensor, class_labels: Tensor | None, resolution: Tensor | None = None,
+                  aspect_ratio: Tensor | None = None) -> Tensor:
         c = self.t_embedder(timestep)  # (B, D)
+        if self.config.size_conditioning:
+            c = c + self.size_condition(resolution, aspect_ratio, len(c))
         if self.config.num_classes:
             if class_labels is None:
                 raise ValueError("this model is class-conditional: pass class_labels "
@@ -337,9 +333,21 @@ class DiT(PretrainedMixin, nn.Module):
             c = c + self.y_embedder(labels)
         return c
 
+    def size_condition(self, resolution: Tensor | None, aspect_ratio: Tensor | None, batch: int) -> Tensor:
+        """Embedded micro-conditions (B, D); one row of values serves the whole batch."""
+        if resolution is None or aspect_ratio is None:
+            raise ValueError("this model is conditioned on the image size (PixArt-alpha's micro-conditions): "
+                             "pass resolution=[height, width] in pixels and aspect_ratio=height / width, "
+                             "per sample as (B, 2) and (B, 1) or one row for all")
+        device = self.t_embedder.mlp[0].weight.device
+        resolution = torch.as_tensor(resolution, device=device).reshape(-1, 2).expand(batch, 2)
+        aspect_ratio = torch.as_tensor(aspect_ratio, device=device).reshape(-1, 1).expand(batch, 1)
+        return self.size_embedder(resolution, aspect_ratio)
+
     def forward(self, x: Tensor, timestep: Tensor, class_labels: Tensor | None = None,
                 context: Tensor | None = None, context_mask: Tensor | None = None,
-                given: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
+                given: Tensor | None = None, attention_mask: Tensor | None = None,
+                resolution: Tensor | None = None, aspect_ratio: Tensor | None = None) -> Tensor:
         timestep = torch.as_tensor(timestep, device=x.device).reshape(-1).expand(x.shape[0])
         h = self.x_embedder(self.patcher.patchify(x))  # (B, N, D)
         pos = self.patcher.positions(x)
@@ -348,14 +356,18 @@ class DiT(PretrainedMixin, nn.Module):
         if given is not None and self.config.given_embedding:
             h = h + self.patcher.token_mask(given)[..., None].to(h.dtype) * self.given_embed
         with torch.autocast("cpu", enabled=False):  # B rows: see per_sample
-            c = self.condition(timestep, class_labels)  # (B, D)
+            c = self.condition(timestep, class_labels, resolution, aspect_ratio)  # (B, D)
+        # adaLN-single: one projection for all blocks, each adds its table in float32 and rounds once
+        block_c = per_sample(self.adaLN_single, c, c.dtype) if self.config.adaln == "single" else c
+        if context is not None and self.config.context_projection:
+            context = self.context_embedder(context)  # (B, M, D)
         grid = self.patcher.grid(x)
         rope = (self.rope_cos, self.rope_sin) if hasattr(self, "rope_cos") else None
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         cmask = None if context_mask is None else context_mask.bool()[:, None, None, :]
         causal = self.config.attention == "causal"
         for block in self.blocks:
-            args = (h, c, grid, rope, mask, causal, context, cmask)
+            args = (h, block_c, grid, rope, mask, causal, context, cmask)
             if self.config.gradient_checkpointing and self.training:
                 h = checkpoint(block, *args, use_reentrant=False)
             else:

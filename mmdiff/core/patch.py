@@ -27,6 +27,18 @@ class PatchConfig:
     patch: int = 2
     temporal_patch: int = 1
     positions: str = "sincos"  # "sincos" | "learned" | "rope" (sequence only)
+    # Image sin-cos positions as diffusers' PatchEmbed computes them (PixArt, converted DiTs): a grid
+    # of any size is stretched to ``pos_base`` rows and columns, then divided by ``pos_scale`` (its
+    # interpolation_scale). None: the DiT paper's table of the trained grid, cropped for smaller inputs.
+    pos_base: int | None = None
+    pos_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.pos_base is not None and self.kind != "image":
+            raise ValueError(f"pos_base (stretched sin-cos positions) is for images, not '{self.kind}'")
+        if self.pos_scale != 1.0 and self.pos_base is None:
+            raise ValueError("pos_scale applies to stretched positions: set pos_base too "
+                             "(diffusers' base_size, the trained grid's height in patches)")
 
 
 # ------------------------------------------------------------------------------ sin-cos tables
@@ -45,6 +57,17 @@ def sincos_2d(dim: int, height: int, width: int) -> Tensor:
     if dim % 4:
         raise ValueError(f"2-D sin-cos embedding needs a dimension divisible by 4, got {dim}")
     rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
+
+
+def sincos_2d_stretched(dim: int, height: int, width: int, base: int, scale: float) -> Tensor:
+    """(H*W, dim) table of ``sincos_2d``'s layout at fractional positions: row i at
+    ``i * base / height / scale``, column j likewise. The grid is float32, divided in this order,
+    as in PixArt's code and diffusers' PatchEmbed, so converted checkpoints see the positions they
+    were trained with."""
+    rows = torch.arange(height, dtype=torch.float32) / (height / base) / scale
+    cols = torch.arange(width, dtype=torch.float32) / (width / base) / scale
+    rows, cols = torch.meshgrid(rows, cols, indexing="ij")
     return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
 
 
@@ -107,8 +130,9 @@ class ImagePatcher(Patcher):
         h, w = config.size
         if h % self.p or w % self.p:
             raise ValueError(f"image size {config.size} is not divisible by patch size {self.p}")
-        self.register_buffer("pos", sincos_2d(hidden, h // self.p, w // self.p))
         self.size = (h // self.p, w // self.p)
+        self.stretch = None if config.pos_base is None else (config.pos_base, config.pos_scale)
+        self.register_buffer("pos", self.table(hidden, *self.size))
 
     def patchify(self, x):
         return rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=self.p, q=self.p)
@@ -117,10 +141,15 @@ class ImagePatcher(Patcher):
         h = like.shape[-2] // self.p
         return rearrange(tokens, "b (h w) (c p q) -> b c (h p) (w q)", h=h, p=self.p, q=self.p)
 
+    def table(self, hidden: int, h: int, w: int) -> Tensor:
+        return sincos_2d(hidden, h, w) if self.stretch is None else sincos_2d_stretched(hidden, h, w, *self.stretch)
+
     def positions(self, like):
         h, w = like.shape[-2] // self.p, like.shape[-1] // self.p
         if (h, w) == self.size:
             return self.pos
+        if self.stretch is not None:  # any grid, computed for its own size
+            return self.table(self.pos.shape[-1], h, w).to(self.pos.device)
         if h > self.size[0] or w > self.size[1]:
             raise ValueError(f"input of {like.shape[-2]}x{like.shape[-1]} is larger than the trained "
                              f"{self.size[0] * self.p}x{self.size[1] * self.p}")
