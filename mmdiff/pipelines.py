@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .components.lora import LoraAdapters
 from .core.checkpoint import (CheckpointError, atomic_write_dir, component_folder, config_from_dict, config_to_dict,
                               resolve_pretrained)
 from .core.dit import DiT
@@ -53,7 +54,7 @@ class Start:
     strength: float = 1.0
 
 
-class Pipeline:
+class Pipeline(LoraAdapters):
     """Shared base: ``components`` maps a subfolder name to a module with save/from_pretrained;
     ``components["model"]`` is the denoiser network."""
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
+from mmdiff.pipelines import ASSETS
 from mmdiff.training import TrainConfig, Trainer
 
 
@@ -19,6 +20,10 @@ def tiny_task(modality: str, out: str):
     if modality == "image":
         from mmdiff.modalities.image import ImageArgs, ImageTask
         return ImageTask, (ImageArgs(patch_size=2, hidden_size=32, depth=1, num_heads=2, sample_steps=2),)
+    if modality == "image-lora":  # the shipped digits model's options, adapted with LoRA
+        from mmdiff.modalities.image import ImageArgs, ImageTask
+        return ImageTask, (ImageArgs(patch_size=2, hidden_size=128, depth=6, num_heads=4, class_embed_std=1.0,
+                                     sample_steps=2),)
     if modality == "video":
         from mmdiff.modalities.video import VideoArgs, VideoTask
         return VideoTask, (VideoArgs(num_frames=4, resolution=16, num_clips=256, patch_size=4, hidden_size=32,
@@ -61,8 +66,9 @@ def main(modality: str, out: str):
     cls, args = tiny_task(modality, out)
     kwargs = {"output_dir": out} if modality == "text" else {}
     task = recording(cls)(*args, **kwargs)
+    lora = {"init_from": str(ASSETS / "image-digits"), "lora_rank": 4} if modality == "image-lora" else {}
     cfg = TrainConfig(output_dir=out, max_steps=4, batch_size=8, checkpointing_steps=4, validation_steps=0,
-                      report_to="none", progress=False, log_steps=1)
+                      report_to="none", progress=False, log_steps=1, **lora)
     trainer = Trainer(task, cfg)
     logged = []
     trainer.accelerator.log = lambda values, step=None: logged.append(values["loss"])

@@ -1,5 +1,5 @@
-"""Crash safety of every recipe: N steps straight == k steps, SIGKILL (or SIGTERM mid-run), resume
-from `latest`, train to N, bit for bit (weights, EMA and optimizer state) on CPU."""
+"""Crash safety of every recipe (and of LoRA fine-tuning): N steps straight == k steps, SIGKILL (or
+SIGTERM mid-run), resume from `latest`, train to N, bit for bit (weights, EMA and optimizer state) on CPU."""
 import os
 import signal
 import subprocess
@@ -20,6 +20,9 @@ RECIPES = {
     # depth 2: factorized attention gets one spatial and one temporal block
     "video": ["recipes/video_train.py", "--num_frames", "4", "--hidden_size", "32", "--depth", "2",
               "--num_heads", "2", "--batch_size", "4", "--sample_steps", "2"],
+    # LoRA on the shipped digits model: checkpoints hold only the adapters, the base comes from the export
+    "image-lora": ["recipes/image_train.py", "--init_from", str(ROOT / "mmdiff" / "assets" / "image-digits"),
+                   "--lora_rank", "4", "--batch_size", "16", "--sample_steps", "2"],
     # the default corpus, so the SentencePiece model trained at the start is reused on resume
     "text": ["recipes/text_train.py", "--vocab_size", "512", "--max_length", "32", "--embed_dim", "8",
              "--hidden_size", "32", "--depth", "1", "--num_heads", "2", "--batch_size", "8", "--sample_steps", "2"],

@@ -21,7 +21,7 @@ def launch(script_args, tmp_path, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("modality", ["image", "video", "text"])
+@pytest.mark.parametrize("modality", ["image", "video", "text", "image-lora"])
 def test_two_ranks_train_one_model(tmp_path, modality):
     out = tmp_path / "run"
     launch([str(ROOT / "tests" / "dist_worker.py"), modality, str(out)], tmp_path)
@@ -35,5 +35,7 @@ def test_two_ranks_train_one_model(tmp_path, modality):
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000004"]  # exactly one
     assert sorted(p.name for p in (out / "checkpoints" / "step-00000004" / "rng").iterdir()) == [
         "rank-0.pt", "rank-1.pt"]
-    assert (out / "export" / "pipeline.json").is_file()
+    # a LoRA run exports the adapter (peft's layout), the others a pipeline
+    exported = "adapter_model.safetensors" if modality == "image-lora" else "pipeline.json"
+    assert (out / "export" / exported).is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no stray temporary folders

@@ -13,14 +13,15 @@ class EMA:
     steps, 3/4 shorter ones), so an average started from random weights forgets them quickly."""
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: str = "inverse_power",
-                 inv_gamma: float = 1.0, power: float = 2 / 3, min_decay: float = 0.0):
+                 inv_gamma: float = 1.0, power: float = 2 / 3, min_decay: float = 0.0, keys=None):
         if warmup not in ("inverse_power", "none"):
             raise ValueError(f"unknown EMA warmup '{warmup}'; choose 'inverse_power' or 'none'")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay, self.warmup, self.inv_gamma, self.power, self.min_decay = decay, warmup, inv_gamma, power, min_decay
+        # ``keys``: average only these (LoRA: the adapters; the frozen base needs no average)
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()
-                       if v.is_floating_point()}
+                       if v.is_floating_point() and (keys is None or k in keys)}
         self.step = 0
 
     def to(self, device) -> "EMA":

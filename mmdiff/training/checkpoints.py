@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.checkpoint import (WEIGHTS_NAME, atomic_write_dir, check_state_dict, config_to_dict, fsync_tree,
-                               load_tensors, read_config_json, save_tensors)
+from ..core.checkpoint import (WEIGHTS_NAME, atomic_write_dir, check_state_dict, config_from_dict, config_to_dict,
+                               fsync_tree, load_tensors, read_config_json, save_tensors)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -246,10 +246,11 @@ class CheckpointStore:
         for old in good[: max(0, len(good) - max(1, limit))]:
             shutil.rmtree(old)
 
-    def resume(self, folder: Path, *, model, ema, optimizer, signature: dict, train: dict, log) -> "TrainState":
+    def resume(self, folder: Path, *, model, ema, optimizer, signature: dict, train: dict, log,
+               trainable: set[str] | None = None) -> "TrainState":
         """Load ``folder`` into the bare ``model``, the EMA and the optimizer; the RNG state of
         this rank is restored. The run must be the same (``signature``); changed trainer options
-        are logged and apply from now on."""
+        are logged and apply from now on. ``trainable``: the checkpoint holds just these (LoRA)."""
         acc = self.accelerator
         if self.main:
             self.clean_leftovers()
@@ -262,7 +263,10 @@ class CheckpointStore:
         if changes:
             log("resuming with changed options (applied from now on): " + "; ".join(changes))
         tensors, _ = load_tensors(folder / "model.safetensors")
-        model.load_state_dict(tensors)
+        if trainable is not None and set(tensors) != trainable:
+            raise ValueError(f"cannot resume {folder}: it holds {len(tensors)} tensors, the adapters of this run are "
+                             f"{len(trainable)}; use the original --lora_* options")
+        model.load_state_dict(tensors, strict=trainable is None)
         shadow, meta = load_tensors(folder / "ema.safetensors")
         ema.load_state_dict({"shadow": shadow, "step": int(meta.get("step", 0))})
         optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
@@ -295,7 +299,8 @@ def init_from_export(model: torch.nn.Module, export: Path, task) -> Path:
     folder = export_weights(export)
     if hasattr(task, "check_init_from"):  # first: a wrong tokenizer also changes the vocabulary size
         task.check_init_from(export)
-    saved = {k: v for k, v in read_config_json(folder).items() if not k.startswith("_")}
+    # through the config class, so options added since the export was written count as their defaults
+    saved = config_to_dict(config_from_dict(type(model.config), read_config_json(folder), str(folder)))
     built = config_to_dict(model.config)
     changes = [c for c in describe_changes(saved, built) if c.split(":")[0] not in INIT_FREE_OPTIONS]
     if changes:

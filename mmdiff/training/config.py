@@ -62,6 +62,14 @@ class TrainConfig:
         "help": "training on a Linux CPU: let glibc keep freed memory for the next step (keep_freed_memory)"})
     progress: bool = True
     export_dir: str | None = field(default=None, metadata={"help": "pipeline export folder (default <output_dir>/export)"})
+    lora_rank: int = field(default=0, metadata={
+        "help": "LoRA: train rank-r adapters (peft) on the --init_from model instead of all its weights (0 = off)"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scale numerator (default: the rank)"})
+    lora_dropout: float = 0.0
+    lora_targets: str = field(default="attention,mlp", metadata={
+        "help": "what the adapters adapt: groups attention, mlp, adaln and/or layer names, comma-separated"})
+    lora_merge: bool = field(default=False, metadata={
+        "help": "LoRA: also export the base with the adapter merged in, as a plain pipeline (<export_dir>-merged)"})
 
     def __post_init__(self):
         checks.check_fields(self)
@@ -84,6 +92,13 @@ class TrainConfig:
         checks.choice("--report_to", self.report_to, REPORTERS)
         if not self.output_dir:
             checks.fail("--output_dir", "a folder path", self.output_dir)
+        checks.integer("--lora_rank", self.lora_rank, low=0)
+        checks.number("--lora_dropout", self.lora_dropout, low=0, high=0.999)
+        if self.lora_alpha is not None:
+            checks.number("--lora_alpha", self.lora_alpha, low=0, open_low=True)
+        if self.lora_rank and not self.init_from:
+            checks.fail("--init_from", "the model the adapters adapt (an export) when --lora_rank > 0", None,
+                        "e.g. --init_from mmdiff/assets/image-digits")
 
 
 def parse_config(classes: list[type], args: list[str] | None = None, default_config: str | Path | None = None):

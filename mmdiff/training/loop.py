@@ -25,6 +25,9 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 
 from ..core.ema import EMA
+from .adapters import attach_lora, export_run
+from .adapters import settings as lora_settings
+from .adapters import signature as lora_signature
 from .checkpoints import CHECKPOINTS, CheckpointStore, TrainState, init_from_export
 from .config import TrainConfig, keep_freed_memory, lr_at, resolve_precision
 from .loader import build_loader, start_epoch
@@ -107,26 +110,27 @@ class Trainer:
                 signal.signal(s, h)
 
     def _setup(self) -> None:
-        """Data, model, optimizer and EMA, prepared by accelerate; the checkpoint or export the run
-        starts from."""
+        """Data, model, optimizer, EMA (prepared by accelerate) and what the run starts from."""
         cfg, acc = self.config, self.accelerator
         self.task.setup()  # data set and model; bad data fails here, before any training
         model = self.task.model
         if cfg.gradient_checkpointing and hasattr(model, "config"):
             model.config.gradient_checkpointing = True
         start = self.store.start_point(cfg.resume_from_checkpoint, self.log)
-        if cfg.init_from and start is None:  # a resumed run's checkpoint already holds its weights
+        if cfg.init_from and (start is None or cfg.lora_rank):  # a LoRA checkpoint holds only the adapters
             self.log(f"initialised the model from {init_from_export(model, Path(cfg.init_from), self.task)}")
+        self.trainable = attach_lora(model, cfg, self.log)  # None: every weight trains
         loader, self.sampler = build_loader(self.task.dataset, cfg, acc.num_processes, getattr(self.task, "collate", None))
         optimizer = make_optimizer(model, cfg)
-        self.ema = EMA(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, power=cfg.ema_power)
+        self.ema = EMA(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, power=cfg.ema_power, keys=self.trainable)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
         self.ema.to(next(self.bare_model.parameters()).device)
         if start is None:  # every check passed: only now is a previous run replaced
-            self.store.begin(cfg.overwrite_output_dir, run_record(self.task, cfg, acc))
+            self.store.begin(cfg.overwrite_output_dir, run_record(self.task, self.config, self.accelerator))
             return
         self.state = self.store.resume(start, model=self.bare_model, ema=self.ema, optimizer=self.optimizer,
-                                       signature=self.task.signature(), train=dataclasses.asdict(cfg), log=self.log)
+                                       signature=run_signature(self.task, cfg), train=dataclasses.asdict(cfg),
+                                       log=self.log, trainable=self.trainable)
 
     def _loop(self) -> str:
         cfg, acc, state = self.config, self.accelerator, self.state
@@ -226,7 +230,7 @@ class Trainer:
         return path
 
     def save_checkpoint(self) -> Path:
-        return self.store.save(self.state, self.full_state_dict, self.ema, self.optimizer, run_record(self.task, self.config, self.accelerator),
+        return self.store.save(self.state, self.checkpoint_weights, self.ema, self.optimizer, run_record(self.task, self.config, self.accelerator),
                                self.config.checkpoints_total_limit)
 
     # --------------------------------------------------------------------- weights, export
@@ -239,8 +243,11 @@ class Trainer:
     def full_state_dict(self) -> dict:
         return gathered_state_dict(self.accelerator, self.model)
 
+    def checkpoint_weights(self) -> dict:  # every weight, or with LoRA only the adapters
+        return {k: v for k, v in self.full_state_dict().items() if self.trainable is None or k in self.trainable}
+
     def ema_model(self):
-        return ema_weights(self.accelerator, self.bare_model, self.model, self.ema)
+        return ema_weights(self.accelerator, self.bare_model, self.model, self.ema, lora_settings(self.config))
 
     def _validate(self) -> None:
         with self.ema_model() as model:
@@ -251,13 +258,13 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def export(self) -> Path | None:
-        """The EMA weights as a pipeline folder (``save_pretrained``), written by the main process."""
+        """The EMA weights as a pipeline folder or a LoRA adapter, written by the main process."""
         self.accelerator.wait_for_everyone()
         path = None
         with self.ema_model() as model:
             if model is not None:
-                path = self.task.export(model, self.export_dir)
-                self.log(f"exported pipeline (EMA weights): {path.resolve()}")
+                path = export_run(model, self.config, self.export_dir, self.task)
+                self.log(f"exported (EMA weights): {path.resolve()}")
         self.accelerator.wait_for_everyone()
         return path
 
@@ -278,9 +285,14 @@ def log_images(trackers, images: dict, step: int) -> None:
         tracker.log_images(arrays, step=step, **kwargs)
 
 
+def run_signature(task, config: TrainConfig) -> dict:
+    """What a resumed run must share with its checkpoint: the task's model and data, the adapters."""
+    return {**task.signature(), **lora_signature(config)}
+
+
 def run_record(task, config: TrainConfig, accelerator) -> dict:
     """What ``run.json`` and every checkpoint say the run is."""
-    return {"signature": task.signature(), "train": dataclasses.asdict(config), "task": task.config(),
+    return {"signature": run_signature(task, config), "train": dataclasses.asdict(config), "task": task.config(),
             "world_size": accelerator.num_processes, "mixed_precision": str(accelerator.mixed_precision)}
 
 

@@ -6,6 +6,8 @@ from contextlib import contextmanager
 
 from accelerate.utils import DistributedType
 
+from ..components.lora import add_adapter
+
 
 def gathered_state_dict(accelerator, model) -> dict:
     """Full weights, gathered on the main process (a collective under FSDP / ZeRO-3), keyed as
@@ -15,10 +17,11 @@ def gathered_state_dict(accelerator, model) -> dict:
 
 
 @contextmanager
-def ema_weights(accelerator, bare, model, ema):
+def ema_weights(accelerator, bare, model, ema, lora=None):
     """The model with the EMA weights, usable by the main process (None on other ranks). Under
     FSDP/DeepSpeed the parameters are split across ranks, so the main process alone cannot run
-    the model: the EMA weights are gathered (a collective) into an unsharded copy first."""
+    the model: the EMA weights are gathered (a collective) into an unsharded copy first, which
+    gets the same adapters (``lora``, a LoraConfig) as the trained model."""
     main = accelerator.is_main_process
     if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         with ema.averaged(bare):
@@ -30,5 +33,7 @@ def ema_weights(accelerator, bare, model, ema):
     copy = None
     if main:
         copy = type(bare)(bare.config)  # models are built as cls(config)
+        if lora is not None:
+            add_adapter(copy, lora)
         copy.load_state_dict(state)
     yield copy.eval() if copy is not None else None
