@@ -51,8 +51,9 @@ class ImagePipeline(LatentPipeline):
         return out if isinstance(out, list) else [out]
 
     @staticmethod
-    def save_grid(images, path, nrow: int | None = None) -> Path:
-        """PNG grid of PIL images or a (B, C, H, W) tensor in [-1, 1]."""
+    def save_grid(images, path, nrow: int | None = None, scale: int | None = None) -> Path:
+        """PNG grid of PIL images or a (B, C, H, W) tensor in [-1, 1], enlarged to a viewable size
+        unless ``scale`` says (1: the raw size)."""
         if isinstance(images, list):
             images = torch.stack([pil_to_tensor(im) for im in images]).float() / 127.5 - 1
-        return save_image_grid(images, path, nrow=nrow)
+        return save_image_grid(images, path, nrow=nrow, scale=scale)
