@@ -53,9 +53,9 @@ def test_generate_image_writes_an_enlarged_png_grid_of_the_asked_digits(tmp_path
     assert result.stdout.strip() == f"{tmp_path / 'd.png'}: 3 image(s), 704x264 px"
     digits, scale = grid_tiles(tmp_path / "d.png", 3, nrow=3)
     assert scale == 22 and classify(digits).tolist() == [3, 7, 1]
-    raw = mmdiff_cli("generate", "image", "--class_labels", 3, 7, 1, "--nrow", 3, "--output", tmp_path / "r.png", "--raw_size",
-                   *FAST)
-    assert raw.returncode == 0 and Image.open(tmp_path / "r.png").size == (32, 12)
+    assert main(["generate", "image", "--class_labels", "3", "7", "1", "--nrow", "3", "--output",
+                 str(tmp_path / "r.png"), "--raw_size", *FAST]) == 0
+    assert Image.open(tmp_path / "r.png").size == (32, 12)
     assert torch.equal(grid_tiles(tmp_path / "r.png", 3, nrow=3)[0], digits)  # the same pixels, enlarged
 
 
@@ -125,17 +125,20 @@ def test_every_sampling_field_is_a_flag_and_a_new_field_becomes_one(monkeypatch)
     assert flags.sampling_options(args) == Extended(churn=0.25)
 
 
-def test_help_on_every_subcommand():
-    for command in (["--help"], ["generate", "--help"], ["serve", "--help"]):
+def test_help_on_every_subcommand(capsys):
+    pages = {}
+    for command in ("", "generate", "generate image", "generate video", "generate text", "serve"):
         with pytest.raises(SystemExit) as exit:
-            main(command)
+            main([*command.split(), "--help"])
         assert exit.value.code == 0
-    result = mmdiff_cli("generate", "image", "--help")
-    assert result.returncode == 0
+        pages[command] = capsys.readouterr().out
+    assert "{generate,serve}" in pages[""] and "{image,video,text}" in pages["generate"]
     for flag in ("--class_labels", "--num_inference_steps", "--sampler", "--guidance_scale", "--spacing",
                  "--seed", "--dtype", "--output", "--raw_size", "--image", "--mask", "--strength"):
-        assert flag in result.stdout, flag
-    assert "Lin et al. 2023" in result.stdout  # the field's comment in options.py is its help
+        assert flag in pages["generate image"], flag
+    assert "--first_frame" in pages["generate video"] and "--max_new_tokens" in pages["generate text"]
+    assert "--port" in pages["serve"] and "--max_queue" in pages["serve"]
+    assert "Lin et al. 2023" in pages["generate text"]  # the field's comment in options.py is its help
 
 
 @pytest.mark.parametrize("args, code, message", [
