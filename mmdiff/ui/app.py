@@ -54,7 +54,8 @@ def _sampling(task: str, pipe, guidance: bool = True) -> list:
     with gr.Row():
         controls = [sampler, steps]
         if guidance:
-            controls.append(gr.Slider(0, 10, value=config.guidance_scale, step=0.5, label="Guidance scale"))
+            controls.append(gr.Slider(0, 10, value=config.guidance_scale, step=0.5, label="Guidance scale",
+                                      elem_id=f"{task}-guidance"))
         controls.append(gr.Number(value=0, precision=0, label="Seed (blank: random)", elem_id=f"{task}-seed"))
     return controls
 
@@ -101,7 +102,7 @@ def _text_tab(handlers: Handlers) -> None:
             pipe, folder, dtype = _model("text")
             prompt = gr.Textbox(value="The function returns", label="Prompt (blank: a sample of its own)",
                                 lines=2, elem_id="text-prompt")
-            new = gr.Slider(1, MAX_NEW_TOKENS, value=64, step=1, label="New tokens")
+            new = gr.Slider(1, MAX_NEW_TOKENS, value=64, step=1, label="New tokens", elem_id="text-new")
             temperature = gr.Slider(0, 1.5, value=1.0, step=0.05, label="Temperature")
             sampling = _sampling("text", pipe, guidance=False)
             button = _button("text")
