@@ -46,6 +46,16 @@ def test_the_console_script_is_declared_and_resolves_to_main():
     assert getattr(__import__(module, fromlist=[name]), name) is main
 
 
+def test_the_package_and_the_command_never_need_gradio(monkeypatch, capsys):
+    code = "import sys, mmdiff, mmdiff.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'gradio'))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120).stdout.strip() == "[]"
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if the ui extra were not installed
+    with pytest.raises(SystemExit, match=r"needs gradio .*pip install 'mmdiff\[ui\]'"):
+        main(["serve"])
+
+
 def test_generate_image_writes_an_enlarged_png_grid_of_the_asked_digits(tmp_path):
     result = mmdiff_cli("generate", "image", "--class_labels", 3, 7, 1, "--nrow", 3, "--output", tmp_path / "d.png", *FAST)
     assert result.returncode == 0, result.stderr

@@ -100,6 +100,8 @@ def test_video_and_text_handlers(tmp_path):
     assert clip_scores(Path(again), 5)["accuracy"] >= 0.9
     text = handlers.text("", "float32", "The function returns", 12, 1.0, "dpmpp_2m_sde", 16, 0, progress=Progress())
     assert text.startswith("The function returns") and len(text.split()) >= 5
+    own = handlers.text("", "float32", " ", 12, 1.0, "dpmpp_2m_sde", 16, 0, progress=Progress())
+    assert len(own.split()) >= 5  # a blank prompt: a sample of the model's own
 
 
 @pytest.mark.parametrize("call, message", [

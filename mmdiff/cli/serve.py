@@ -20,9 +20,11 @@ def run(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
     try:
-        from ..ui import launch  # gradio is an optional extra, imported only to serve
+        import gradio  # noqa: F401  (an optional extra: imported only to serve)
     except ImportError as e:
         raise SystemExit(f"{args.prog}: error: the web page needs gradio ({e}); "
                          "install it with pip install 'mmdiff[ui]'") from e
+    from ..ui import launch
+
     launch(port=args.port, max_queue=args.max_queue, concurrency=args.concurrency, max_batch=args.max_batch,
            device=args.device)

@@ -37,13 +37,13 @@ def build(max_batch: int = 16, device: str | None = None) -> gr.Blocks:
     return page
 
 
-def _model(task: str):
+def _model(task: str, device: str | None):
     """The model folder and dtype controls, and the shipped pipeline whose defaults the tab shows."""
     with gr.Accordion("Model", open=False):
         folder = gr.Textbox(label="Pipeline folder", placeholder="blank: the shipped model",
                             elem_id=f"{task}-model")
         dtype = gr.Dropdown(list(DTYPES), value="float32", label="Weights dtype")
-    return load_pipeline(task), folder, dtype
+    return load_pipeline(task, device=device), folder, dtype
 
 
 def _sampling(task: str, pipe, guidance: bool = True) -> list:
@@ -67,7 +67,7 @@ def _button(task: str):
 def _image_tab(handlers: Handlers) -> None:
     with gr.Row():
         with gr.Column():
-            pipe, folder, dtype = _model("image")
+            pipe, folder, dtype = _model("image", handlers.device)
             labels = gr.Textbox(value="3 7", label="Class labels", info=f"numbers or names: {_classes(pipe)}",
                                 elem_id="image-labels")
             sampling = _sampling("image", pipe)
@@ -84,7 +84,7 @@ def _image_tab(handlers: Handlers) -> None:
 def _video_tab(handlers: Handlers) -> None:
     with gr.Row():
         with gr.Column():
-            pipe, folder, dtype = _model("video")
+            pipe, folder, dtype = _model("video", handlers.device)
             labels = gr.Textbox(value="4", label="Class labels", elem_id="video-labels",
                                 info=f"one clip each: {_classes(pipe)}; blank with a first frame: read off it")
             frames = gr.Slider(1, pipe.max_frames, value=pipe.max_frames, step=1, label="Frames")
@@ -99,7 +99,7 @@ def _video_tab(handlers: Handlers) -> None:
 def _text_tab(handlers: Handlers) -> None:
     with gr.Row():
         with gr.Column():
-            pipe, folder, dtype = _model("text")
+            pipe, folder, dtype = _model("text", handlers.device)
             prompt = gr.Textbox(value="The function returns", label="Prompt (blank: a sample of its own)",
                                 lines=2, elem_id="text-prompt")
             new = gr.Slider(1, MAX_NEW_TOKENS, value=64, step=1, label="New tokens", elem_id="text-new")
