@@ -26,7 +26,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gradio_client import Client
-from gradio_client.exceptions import AppError
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
@@ -174,10 +173,16 @@ def memory_mib(pid: int) -> dict[str, float]:
     return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM")}
 
 
+def say(config, line: str) -> None:
+    """A line on the terminal even under ``pytest -q`` (print is captured)."""
+    with config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        config.pluginmanager.get_plugin("terminalreporter").write_line(line)
+
+
 @pytest.fixture(scope="module")
-def artifacts():
+def artifacts(pytestconfig):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    print(f"\nweb page test artefacts (screenshots, load numbers): {ARTIFACTS}")
+    say(pytestconfig, f"\nweb page test artefacts (screenshots, load numbers): {ARTIFACTS}")
     return ARTIFACTS
 
 
@@ -322,7 +327,7 @@ def test_a_full_queue_says_busy_and_loses_nothing(small_queue):
 
 
 @pytest.mark.slow
-def test_sixteen_users_at_once(tmp_path, artifacts):
+def test_sixteen_users_at_once(tmp_path, artifacts, pytestconfig):
     """16 concurrent image requests: every answer arrives, is the asked digit, and memory stays bounded."""
     with serving(tmp_path / "serve.log") as (url, pid):
         client = Client(url, verbose=False)
@@ -352,6 +357,6 @@ def test_sixteen_users_at_once(tmp_path, artifacts):
                "peak_rss_mib": round(rounds[-1][2]["VmHWM"]), "round_wall_s": [round(w, 2) for w, *_ in rounds],
                "latency_s": {"median": round(latencies[16], 2), "max": round(latencies[-1], 2)}}
     (artifacts / "load.json").write_text(json.dumps(numbers, indent=2))
-    print(numbers)
+    say(pytestconfig, f"16 users at once: {numbers}")
     assert rounds[-1][2]["VmHWM"] - before["VmRSS"] < 100  # MiB (measured: +15): one request sampled at a time
     assert rounds[1][2]["VmRSS"] - rounds[0][2]["VmRSS"] < 25  # MiB (measured: +4): no growth per request
