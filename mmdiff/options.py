@@ -10,12 +10,17 @@ options pass through unchanged to ``Pipeline.solve``.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from .core.samplers import check_sampler
+from .core import checks
+from .core.samplers import check_sampler, check_sigmas
+
+# A grid finer than this changes no sampler's result measurably, and memory grows with it.
+MAX_STEPS = 10_000
 
 
 @dataclass
@@ -65,9 +70,55 @@ class SamplingOptions:
         return out
 
     def check(self, spacings: tuple[str, ...]) -> None:
-        steps = self.num_inference_steps
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
-            raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
-        if self.spacing is not None and self.spacing not in spacings:
-            raise ValueError(f"unknown spacing {self.spacing!r}; choose one of {list(spacings)}")
+        """Every value's type and range; the sampler's own options by name (``check_sampler``)."""
+        if not isinstance(self.sampler, str):
+            checks.fail("sampler", "a sampler name", self.sampler, error=TypeError)
+        if self.num_inference_steps is not None:
+            checks.integer("num_inference_steps", self.num_inference_steps, low=1, high=MAX_STEPS,
+                           fix="more steps than this change nothing measurable for any sampler")
+        if self.spacing is not None:
+            checks.choice("spacing", self.spacing, spacings)
+        if self.sigmas is not None:
+            _check_grid(self.sigmas)
+        checks.number("guidance_scale", self.guidance_scale, low=0, fix="1 means no guidance")
+        checks.probability("guidance_rescale", self.guidance_rescale)
+        if self.guidance_interval is not None:
+            _check_interval(self.guidance_interval)
+        _check_generator(self.generator)
+        if not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
+            checks.fail("dtype", "a floating torch.dtype (torch.float32, torch.float64...)", self.dtype, error=TypeError)
+        checks.flag("progress", self.progress)
+        if self.callback is not None and not callable(self.callback):
+            checks.fail("callback", "a function of the step's state dict", self.callback, error=TypeError)
         check_sampler(self.sampler, self.sampler_options)
+
+
+def _check_grid(sigmas) -> None:
+    try:
+        grid = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        checks.fail("sigmas", "a decreasing sequence of noise levels", sigmas, error=TypeError)
+    try:
+        check_sigmas(grid)
+    except ValueError as e:
+        raise ValueError(f"sigmas: {e}") from None
+
+
+def _check_interval(interval) -> None:
+    pair = tuple(interval) if isinstance(interval, (tuple, list)) else None
+    if pair is None or len(pair) != 2:
+        checks.fail("guidance_interval", "a pair (lo, hi) of noise levels", interval, error=TypeError)
+    lo = checks.number("guidance_interval[0]", pair[0], low=0)
+    checks.number("guidance_interval[1]", pair[1], low=lo, open_low=True)
+
+
+def _check_generator(generator) -> None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)) and generator and all(isinstance(g, torch.Generator) for g in generator):
+        return
+    if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
+        checks.integer("generator", generator, low=0, high=2**63 - 1)
+        return
+    checks.fail("generator", "None, an int seed, a torch.Generator or a list with one per sample", generator,
+                error=TypeError)

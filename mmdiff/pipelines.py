@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .core.checkpoint import CheckpointError, atomic_write_dir, config_from_dict, config_to_dict, resolve_pretrained
+from .core.checkpoint import (CheckpointError, atomic_write_dir, component_folder, config_from_dict, config_to_dict,
+                              resolve_pretrained)
 from .core.dit import DiT
 from .core.guidance import cfg, keep_known, partial_start
 from .core.parametrization import Denoiser
@@ -116,6 +117,8 @@ class Pipeline:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+        if not isinstance(raw, dict) or not isinstance(raw.get("components", {}), dict):
+            raise CheckpointError(f"{path}: expected an object with a 'components' mapping of subfolder -> class name")
         names = raw.pop("components", {})
         config = config_from_dict(PipelineConfig, raw, source=str(path))
         if cls.task and config.task != cls.task:
@@ -123,10 +126,11 @@ class Pipeline:
                                   f"use mmdiff.pipeline('{config.task}', model=...)")
         components = {}
         for name, class_name in names.items():
+            where = component_folder(folder, name, str(path))
             if class_name not in COMPONENTS:
-                raise CheckpointError(f"{path}: unknown component class '{class_name}' for '{name}'; "
+                raise CheckpointError(f"{path}: unknown component class {class_name!r} for '{name}'; "
                                       f"known: {sorted(COMPONENTS)}")
-            components[name] = COMPONENTS[class_name].from_pretrained(folder / name)
+            components[name] = COMPONENTS[class_name].from_pretrained(where)
         pipe = cls(components, schedule_from_config(config.schedule), config)
         return pipe.to(device=device, dtype=dtype or torch.float32)
 
@@ -152,11 +156,16 @@ class Pipeline:
 
     def grid(self, options: SamplingOptions) -> torch.Tensor:
         """The noise levels a solve runs through: the options' own ``sigmas`` or this pipeline's."""
-        if options.sigmas is None:
-            return self.sigmas(options.num_inference_steps, options.spacing)
-        sigmas = torch.as_tensor(options.sigmas).flatten()
-        sigmas = sigmas if sigmas.is_floating_point() else sigmas.double()
-        check_sigmas(sigmas)
+        if options.sigmas is not None:
+            sigmas = torch.as_tensor(options.sigmas).flatten()
+            return sigmas if sigmas.is_floating_point() else sigmas.double()
+        sigmas = self.sigmas(options.num_inference_steps, options.spacing)
+        try:
+            check_sigmas(sigmas)
+        except ValueError:
+            raise ValueError(f"num_inference_steps={options.num_inference_steps} with spacing "
+                             f"{options.spacing or self.schedule.default_spacing!r} repeats noise levels on this "
+                             f"schedule ({self.schedule!r}); use fewer steps") from None
         return sigmas
 
     @torch.no_grad()
@@ -178,8 +187,13 @@ class Pipeline:
             fn = keep_known(fn, given.known.to(device, dtype), given.mask.to(device), noise=fixed,
                             mask_kwarg=given.mask_kwarg)
         extra = {**self.schedule.sampler_options(options.sampler), **options.sampler_options}
-        return sample(fn, x, sigmas, options.sampler, generator=gens, callback=options.callback,
-                      progress=options.progress, **extra)
+        x = sample(fn, x, sigmas, options.sampler, generator=gens, callback=options.callback,
+                   progress=options.progress, **extra)
+        if not bool(torch.isfinite(x).all()):  # one read per solve; garbage is never returned
+            raise FloatingPointError(f"sampling produced NaN or infinite values ({options.sampler}, "
+                                     f"{len(sigmas) - 1} steps, guidance {options.guidance_scale}); check the "
+                                     f"conditioning inputs, or try float32 weights or another sampler")
+        return x
 
     def _guided(self, cond: dict, uncond: dict | None, options: SamplingOptions):
         denoiser = self.denoiser()

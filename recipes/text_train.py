@@ -11,7 +11,7 @@ any file. ``--help`` lists every option with its default. See docs/text.md.
 from pathlib import Path
 
 from mmdiff.modalities.text import TextArgs, TextTask
-from mmdiff.training import TrainConfig, describe_outputs, parse_config, run
+from mmdiff.training import TrainConfig, describe_outputs, parse_config, run, run_command
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "text_docstrings.yaml"
 
@@ -24,4 +24,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

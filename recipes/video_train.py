@@ -10,7 +10,7 @@ override any file. ``--help`` lists every option with its default.
 from pathlib import Path
 
 from mmdiff.modalities.video import VideoArgs, VideoTask
-from mmdiff.training import TrainConfig, describe_outputs, parse_config, run
+from mmdiff.training import TrainConfig, describe_outputs, parse_config, run, run_command
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "video_moving_digits.yaml"
 
@@ -23,4 +23,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

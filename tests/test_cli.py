@@ -155,7 +155,7 @@ def test_help_on_every_subcommand(capsys):
     (["generate", "image", "--class_labels", "12"], 1, "class label out of range: got [12], the model knows 0..9"),
     (["generate", "image", "--class_labels", "seven"], 1, "class label 'seven' is not a number"),
     (["generate", "image", "--class_labels", "3", "--num_inference_steps", "0"], 1,
-     "num_inference_steps must be a positive integer, got 0"),
+     "num_inference_steps must be an integer in [1, 10000], got 0"),
     (["generate", "image", "--class_labels", "3", "--sampler_options", "eta=0.5"], 1, "has no option(s) ['eta']"),
     (["generate", "image", "--class_labels", "3", "--model", "/no/such/folder"], 1, "/no/such/folder is not a folder"),
     (["generate", "video", "--class_labels", "3", "--num_frames", "40"], 1, "num_frames must be between 1 and 16"),

@@ -39,7 +39,7 @@ def test_bad_calls_name_the_problem(trained):
         trained(class_labels=[3, 12], progress=False)
     with pytest.raises(ValueError, match="class-conditional: pass class_labels"):
         trained(progress=False)
-    with pytest.raises(ValueError, match="num_inference_steps must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"num_inference_steps must be an integer in \[1, 10000\], got 0"):
         trained(class_labels=[1], num_inference_steps=0, progress=False)
     with pytest.raises(ValueError, match="unknown sampler 'fast'"):
         trained(class_labels=[1], sampler="fast", progress=False)

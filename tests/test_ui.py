@@ -112,7 +112,7 @@ def test_video_and_text_handlers(tmp_path):
     (lambda h: h.image("", "int8", *IMAGE[2:]), "unknown dtype 'int8'"),
     (lambda h: h.video("", "float32", "3", 40, "euler", 5, 1.0, 0, None), "num_frames must be between 1 and 16"),
     (lambda h: h.text("", "float32", "x", 0, 1.0, "euler", 5, 0), "new tokens must be between 1 and 512"),
-    (lambda h: h.text("", "float32", "x", 8, -1.0, "euler", 5, 0), "temperature must be >= 0"),
+    (lambda h: h.text("", "float32", "x", 8, -1.0, "euler", 5, 0), "temperature must be a finite number >= 0, got -1.0"),
 ])
 def test_bad_input_is_a_message_in_the_page(tmp_path, call, message):
     with pytest.raises(gr.Error, match=message):
@@ -312,7 +312,8 @@ def test_a_full_queue_says_busy_and_loses_nothing(small_queue):
         steps += [(p.index, p.length, p.desc) for p in watched.status().progress_data or []]
         time.sleep(0.05)
     assert steps and all(length == 150 and desc == "sampling" for _, length, desc in steps)
-    assert steps[-1][0] == 150 and len({index for index, _, _ in steps}) >= 3
+    indices = [index for index, _, _ in steps]  # polled every 50 ms of a ~3 s solve
+    assert indices == sorted(indices) and len(set(indices)) >= 3 and indices[-1] >= 100
     burst = [client.submit("", "float32", "2", 16, "euler", 150, 4.0, i, None, api_name="/video") for i in range(6)]
     answers, busy = [], 0
     for job in burst:

@@ -231,10 +231,10 @@ def test_bad_calls_name_the_problem(pipe):
         pipe(progress=False)
     with pytest.raises(ValueError, match="given frame 8 is outside the 8 frames"):
         pipe(class_labels=[1], given_frames={8: torch.zeros(1, 16, 16)}, progress=False)
-    with pytest.raises(ValueError, match="has 2 images for 3 videos"):
+    with pytest.raises(ValueError, match="first_frame holds 2 pictures for a batch of 3; pass one or 3"):
         pipe(class_labels=[1, 2, 3], first_frame=torch.zeros(2, 1, 16, 16), progress=False)
-    with pytest.raises(ValueError, match="given frame 0 has 2 images for 3 videos"):
-        pipe(num_videos=3, first_frame=torch.zeros(2, 1, 16, 16), progress=False)
+    with pytest.raises(ValueError, match=r"given_frames\[0\] holds 2 pictures for a batch of 3"):
+        pipe(num_videos=3, given_frames={0: torch.zeros(2, 1, 16, 16)}, progress=False)
     with pytest.raises(ValueError, match="output_type"):
         pipe(class_labels=[1], output_type="np", progress=False)
 

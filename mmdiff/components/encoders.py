@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -57,6 +58,10 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.model.parameters()).device
+        longest = max(len(ids) for ids in self.tokenizer(list(prompts))["input_ids"])
+        if longest > self.max_length:  # the encoder sees a fixed number of tokens; say what it drops
+            warnings.warn(f"a prompt is {longest} tokens long, more than the text encoder's {self.max_length}: "
+                          f"it is cut to its first {self.max_length} tokens")
         tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
                                 return_tensors="pt").to(device)
         hidden = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state

@@ -20,6 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import checks
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -50,9 +52,9 @@ def config_from_dict(config_class: type, data: dict, source: str = "config") -> 
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints.get(name), value)
-        if not _fits(hints.get(name), kwargs[name]):
+        if not checks.fits(hints.get(name), kwargs[name]):
             raise CheckpointError(f"{source}: option '{name}' of {config_class.__name__} should be "
-                                  f"{_type_name(hints.get(name))}, got {value!r}")
+                                  f"{checks.type_name(hints.get(name))}, got {value!r}")
     try:
         return config_class(**kwargs)
     except (TypeError, ValueError) as e:
@@ -84,33 +86,6 @@ def _coerce(hint, value):
     return value
 
 
-def _fits(hint, value) -> bool:
-    """Shallow type check of a JSON value against a simple annotation (int, float, str, bool,
-    their Optional forms, tuples and lists); anything richer passes."""
-    if hint is None:
-        return True
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(a, value) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (tuple, list):
-        return isinstance(value, (tuple, list))
-    return True
-
-
-def _type_name(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
 def read_config_json(folder: Path) -> dict:
     path = folder / CONFIG_NAME
     if not path.is_file():
@@ -136,6 +111,7 @@ class _AtomicDir:
         self.final = final
 
     def __enter__(self) -> Path:
+        _check_replaceable(self.final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
         os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like mkdir's
@@ -155,6 +131,24 @@ class _AtomicDir:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return False
+
+
+# Files by which a folder is recognised as one that save_pretrained, a checkpoint or a cache
+# wrote, and so may be replaced as a whole.
+WRITTEN_MARKERS = (CONFIG_NAME, "pipeline.json", "manifest.json", "trainer_state.json", "index.json")
+
+
+def _check_replaceable(final: Path) -> None:
+    """Saving replaces the whole folder; anything but an empty folder or one we wrote is refused,
+    so a mistyped path (a home folder, a data set) is never swept away."""
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise FileExistsError(f"{final} exists and is a file; choose a folder name to save to")
+    entries = sorted(p.name for p in final.iterdir())
+    if entries and not any(m in entries for m in WRITTEN_MARKERS):
+        raise FileExistsError(f"refusing to replace {final}: it holds {entries[:5]}{' ...' if len(entries) > 5 else ''}"
+                              f", not a folder mmdiff saved; save to a new or empty folder")
 
 
 def fsync_tree(folder: Path) -> None:
@@ -241,6 +235,31 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
                 not ref.is_floating_point() and got.dtype != ref.dtype):
             raise CheckpointError(f"{source}: tensor '{name}' has dtype {got.dtype}, expected "
                                   f"{'a floating dtype' if ref.is_floating_point() else ref.dtype}")
+    check_finite(found, source)
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Weights with NaN or inf would sample NaN without a word: refused, naming the first tensor."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not t.is_meta and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{source}: tensor '{name}' holds {bad} NaN or infinite value(s) of "
+                                  f"{t.numel()}: the weights are corrupt (a diverged run or a damaged file); "
+                                  f"re-export them or load an earlier checkpoint")
+
+
+def component_folder(folder: Path, name, source: str) -> Path:
+    """``folder / name`` for a component named in a pipeline's index, which must be a plain
+    subfolder name that stays inside ``folder`` (symlinks resolved): a model folder is untrusted
+    input, and ``"../x"``, an absolute path or a link out of it would load something else."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise CheckpointError(f"{source}: component {name!r} is not a subfolder name; every component must be a "
+                              f"folder directly inside {folder}")
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise CheckpointError(f"{source}: component {name!r} resolves to {path}, outside {folder}; refusing to "
+                              f"load it (a model folder may only use what is inside it)")
+    return path
 
 
 def resolve_pretrained(path: str | os.PathLike, subfolder: str | None = None) -> Path:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import KEPT_FOR_BACKWARD, Attention, ScoresAttention, attend  # noqa: F401 (the DiT's API)
+from . import checks
 from .checkpoint import PretrainedMixin
 from .patch import PatchConfig, build_patcher, rope_frequencies
 
@@ -71,6 +72,11 @@ class DiTConfig:
     size_conditioning: bool = False  # PixArt-alpha 1024 px: forward takes resolution and aspect_ratio
 
     def __post_init__(self):
+        for name in ("hidden_size", "depth", "num_heads", "frequency_dim"):
+            checks.integer(name, getattr(self, name), low=1)
+        checks.integer("num_classes", self.num_classes, low=0)
+        checks.number("class_dropout", self.class_dropout, low=0, high=0.999)
+        checks.number("mlp_ratio", self.mlp_ratio, low=0, open_low=True)
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.attention not in ATTENTIONS:

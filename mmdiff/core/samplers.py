@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from tqdm.auto import trange
 
+from . import checks
 from .parametrization import tag_level
 
 Tensor = torch.Tensor
@@ -327,10 +328,20 @@ def sampler_option_names(sampler: str) -> list[str]:
 
 
 def check_sampler(sampler: str, options: dict) -> None:
-    unknown = sorted(set(options) - set(sampler_option_names(sampler)))
+    """Names, and values of the defaults' types: numbers finite and >= 0 (eta, s_noise, order),
+    strings for strings (solver_type, time), bools for bools (legacy, use_corrector)."""
+    names = sampler_option_names(sampler)
+    unknown = sorted(set(options) - set(names))
     if unknown:
-        raise ValueError(f"sampler '{sampler}' has no option(s) {unknown}; its options are "
-                         f"{sampler_option_names(sampler)}")
+        raise ValueError(f"sampler '{sampler}' has no option(s) {unknown}; its options are {names}")
+    defaults = {k: v.default for k, v in inspect.signature(SAMPLERS[sampler]).parameters.items()}
+    for key, value in options.items():
+        default = defaults[key]
+        if isinstance(default, bool) or isinstance(default, str):
+            if type(value) is not type(default):
+                checks.fail(key, f"a {type(default).__name__} (option of sampler '{sampler}')", value, error=TypeError)
+        elif isinstance(default, (int, float)):
+            checks.number(key, value, low=0)
 
 
 def sample(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, sampler: str = "dpmpp_2m", *, generator=None,

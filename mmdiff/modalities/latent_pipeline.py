@@ -6,11 +6,14 @@ frames) and in what their ``__call__`` adds (img2img and inpainting; given frame
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from PIL import Image
 
 from ..core.likelihood import class_log_likelihoods
 from ..data.images import pil_to_tensor
+from ..core import checks
 from ..pipelines import Pipeline
 
 OUTPUT_TYPES = ("pil", "pt")
@@ -38,16 +41,21 @@ class LatentPipeline(Pipeline):
             raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
 
     # -------------------------------------------------------------------------- conditions
-    def conditioning(self, class_labels=None, prompt=None, count: int | None = None) -> tuple[dict, dict | None, int]:
+    def conditioning(self, class_labels=None, prompt=None, count: int | None = None,
+                     count_name: str = "num_images") -> tuple[dict, dict | None, int]:
         """``(cond, uncond, batch)`` for labels, a prompt (or prompts), or ``count`` unconditional
-        samples."""
+        samples (``count_name`` is the caller's argument, for messages)."""
+        if count is not None:
+            checks.integer(count_name, count, low=1)
         if prompt is not None:
+            if class_labels is not None:
+                raise ValueError("pass class_labels or prompt, not both")
             return self._prompt_conditioning(prompt)
-        labels, batch = self._labels(class_labels, count)
+        labels, batch = self._labels(class_labels, count, count_name)
         cond = {"class_labels": labels} if labels is not None else {}
         return cond, self._uncond(labels), batch
 
-    def _labels(self, class_labels, count):
+    def _labels(self, class_labels, count, count_name):
         n = self.model.config.num_classes
         if class_labels is None:
             if n:
@@ -55,11 +63,20 @@ class LatentPipeline(Pipeline):
                                  + (f", e.g. {dict(enumerate(self.class_names))}" if self.class_names else "") + ")")
             return None, count or 1
         if not n:
-            raise ValueError("this model is unconditional: pass the number of samples instead of class_labels")
-        labels = torch.as_tensor([self.class_names.index(c) if isinstance(c, str) else c for c in class_labels])
+            raise ValueError(f"this model is unconditional: pass {count_name} instead of class_labels")
+        labels = torch.as_tensor([self._label_index(c) for c in _as_list(class_labels, "class_labels")])
         if labels.min() < 0 or labels.max() >= n:
             raise ValueError(f"class label out of range: got {labels.tolist()}, the model knows 0..{n - 1}")
         return labels.to(self.device), len(labels)
+
+    def _label_index(self, label) -> int:
+        if isinstance(label, str):
+            if label not in self.class_names:
+                raise ValueError(f"unknown class name {label!r}; this model's classes are {self.class_names}")
+            return self.class_names.index(label)
+        if isinstance(label, torch.Tensor) and label.ndim == 0 and not label.is_floating_point():
+            label = label.item()
+        return checks.integer("class_labels", label, low=0, fix="labels are class indices or class names")
 
     def _uncond(self, labels):
         if labels is None or self.model.null_class is None:
@@ -70,26 +87,56 @@ class LatentPipeline(Pipeline):
         encoder = self.components.get("text_encoder")
         if encoder is None:
             raise ValueError("this model was not trained with a text encoder: pass class_labels, not prompt")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = _as_list(prompt, "prompt")
+        if not all(isinstance(p, str) for p in prompts):
+            checks.fail("prompt", "a string or a list of strings", prompt, error=TypeError)
         context, mask = encoder(prompts)
         empty, empty_mask = encoder([""] * len(prompts))
         return ({"context": context, "context_mask": mask}, {"context": empty, "context_mask": empty_mask},
                 len(prompts))
 
     # ---------------------------------------------------------------------------- pictures
-    def picture_latents(self, image, batch: int) -> torch.Tensor:
+    def picture_latents(self, image, batch: int, name: str = "image") -> torch.Tensor:
         """Latents (B, c, h, w) of pictures: PIL images (resized to the trained resolution), a list
         of them, or a tensor (C, H, W) / (B, C, H, W) in [-1, 1]; one picture serves the whole batch."""
-        if isinstance(image, Image.Image) or (isinstance(image, list) and isinstance(image[0], Image.Image)):
+        if isinstance(image, Image.Image) or (isinstance(image, list) and image and isinstance(image[0], Image.Image)):
             images = image if isinstance(image, list) else [image] * batch
             size = self.config.extra.get("resolution")
             x = torch.stack([pil_to_tensor(im.resize((size, size)) if size else im) for im in images]).float() / 127.5 - 1
         else:
-            x = torch.as_tensor(image)
+            x = self._picture_tensor(image, name)
         x = x if x.ndim == 4 else x[None].expand(batch, *x.shape)
+        if len(x) not in (1, batch):
+            raise ValueError(f"{name} holds {len(x)} pictures for a batch of {batch}; pass one or {batch}")
         channels = self.autoencoder.image_channels
         x = x[:, :channels] if x.shape[1] >= channels else x.expand(-1, channels, -1, -1)
-        return self.autoencoder.encode(x.to(self.device), sample=False).float()
+        return self.autoencoder.encode(x.expand(batch, *x.shape[1:]).to(self.device), sample=False).float()
+
+    def _picture_tensor(self, image, name: str) -> torch.Tensor:
+        """A tensor picture, checked: floating, (C, H, W) or (B, C, H, W) at the trained size, in [-1, 1]."""
+        if not isinstance(image, torch.Tensor):
+            checks.fail(name, "a PIL image, a list of them, or a float tensor in [-1, 1]", type(image).__name__,
+                        error=TypeError)
+        if not image.is_floating_point():
+            checks.fail(name, "a float tensor in [-1, 1]", f"a {image.dtype} tensor",
+                        "pixels 0..255 become image / 127.5 - 1, or pass a PIL image", TypeError)
+        if image.ndim not in (3, 4):
+            checks.fail(name, "shaped (C, H, W) or (B, C, H, W)", tuple(image.shape))
+        size = self.picture_size()
+        if size is not None and tuple(image.shape[-2:]) != size:
+            checks.fail(name, f"{size[0]}x{size[1]} pixels, the size this model generates",
+                        f"{image.shape[-2]}x{image.shape[-1]}", "resize it, or pass a PIL image (resized for you)")
+        lo, hi = float(image.min()), float(image.max())
+        if not (-1 - 1e-3 <= lo and hi <= 1 + 1e-3):
+            checks.fail(name, "in [-1, 1]", f"values in [{lo:.4g}, {hi:.4g}]",
+                        "pixels 0..255 become image / 127.5 - 1, 0..1 become 2 * image - 1")
+        return image.float()
+
+    def picture_size(self) -> tuple[int, int] | None:
+        """(H, W) in pixels of what the model generates."""
+        h, w = self.model.config.patch.size[-2:]
+        f = self.autoencoder.downsample_factor
+        return h * f, w * f
 
     @staticmethod
     def batch_of(image) -> int | None:
@@ -109,7 +156,7 @@ class LatentPipeline(Pipeline):
         ``sigma_data``) with ``draws`` noises per level, the same noises for every class.
         Deterministic for a given ``seed``."""
         if latents is None:
-            latents = self.picture_latents(images, self.batch_of(images) or 1)
+            latents = self.picture_latents(images, self.batch_of(images) or 1, name="images")
         n = self.model.config.num_classes
         if not n:
             raise ValueError("this model is unconditional: it has no classes to score")
@@ -122,3 +169,18 @@ class LatentPipeline(Pipeline):
     def as_sample(self, latents: torch.Tensor) -> torch.Tensor:
         """Picture latents (B, c, h, w) as what the model denoises (video: a still clip)."""
         return latents
+
+
+def _as_list(values, name: str) -> list:
+    """One value or a sequence of them (a list, tuple or 1-D tensor), as a non-empty list."""
+    if isinstance(values, (str, numbers.Integral)) or (isinstance(values, torch.Tensor) and values.ndim == 0):
+        return [values]
+    if isinstance(values, torch.Tensor):
+        if values.ndim != 1:
+            checks.fail(name, "one value or a 1-D sequence", f"a tensor of shape {tuple(values.shape)}", error=TypeError)
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        checks.fail(name, "one value or a list of them", values, error=TypeError)
+    if not values:
+        checks.fail(name, "a non-empty list", values, "pass at least one")
+    return list(values)

@@ -20,12 +20,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core import checks
 from ..core.checkpoint import config_to_dict, shared_fields
 from ..core.dit import PRESETS, DiT, DiTConfig
-from ..core.parametrization import Denoiser, sample_training_sigmas
+from ..core.parametrization import NOISE_DISTRIBUTIONS, PREDICTIONS, WEIGHTINGS, Denoiser, sample_training_sigmas
 from ..core.patch import PatchConfig
-from ..core.schedules import get_schedule
+from ..core.samplers import SAMPLERS
+from ..core.schedules import SCHEDULES, get_schedule
+from ..options import MAX_STEPS
 from ..registry import PipelineConfig
+
+CROPS = ("center", "random")  # of the image and video recipes' --crop
 
 
 @dataclass
@@ -57,6 +62,29 @@ class DiffusionArgs:
     sampler: str = field(default="dpmpp_2m", metadata={"help": "sampler for validation and the export default"})
     sample_steps: int = 25
     guidance_scale: float = field(default=1.0, metadata={"help": "validation / export default guidance"})
+
+    def __post_init__(self):
+        checks.check_fields(self)
+        checks.choice("--model", self.model, PRESETS)
+        for name in ("patch_size", "hidden_size", "depth", "num_heads"):
+            if getattr(self, name) is not None:
+                checks.integer(f"--{name}", getattr(self, name), low=1)
+        checks.choice("--schedule", self.schedule, SCHEDULES)
+        checks.choice("--prediction", self.prediction, PREDICTIONS)
+        checks.choice("--noise_distribution", self.noise_distribution, NOISE_DISTRIBUTIONS)
+        checks.choice("--loss_weighting", self.loss_weighting, WEIGHTINGS)
+        checks.choice("--sampler", self.sampler, SAMPLERS)
+        for name in ("schedule_shift", "min_snr_gamma", "sigma_data", "class_embed_std"):
+            checks.number(f"--{name}", getattr(self, name), low=0, open_low=True)
+        if self.noise_std is not None:
+            checks.number("--noise_std", self.noise_std, low=0, open_low=True)
+        if self.noise_mean is not None:
+            checks.number("--noise_mean", self.noise_mean)
+        checks.number("--class_dropout", self.class_dropout, low=0, high=0.999)
+        checks.integer("--sample_steps", self.sample_steps, low=1, high=MAX_STEPS)
+        checks.number("--guidance_scale", self.guidance_scale, low=0)
+        if not self.data:
+            checks.fail("--data", "a built-in name, a path or a Hugging Face data set", self.data)
 
 
 class LatentDiffusionTask(ABC):

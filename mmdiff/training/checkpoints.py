@@ -136,22 +136,59 @@ class CheckpointStore:
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def prepare(self, resume: str | None, overwrite: bool) -> None:
-        """A folder holding another run is refused unless resuming it or told to overwrite."""
+    def check(self, resume: str | None, overwrite: bool, init_from: str | None = None) -> None:
+        """Before anything is built or written: refuse what would lose a run already in the folder.
+        A folder holding a run needs a resume or ``--overwrite_output_dir``; ``latest`` in a
+        finished run whose checkpoints are gone has nothing to resume (a fresh start would
+        overwrite its export); a named checkpoint must exist and verify, an ``--init_from`` export exist."""
         run_file = self.output_dir / RUN_FILE
-        if not run_file.exists() or resume:
-            return
-        if not overwrite:
+        if run_file.exists() and not resume and not overwrite:
             raise FileExistsError(
                 f"--output_dir {self.output_dir} already holds a run ({run_file}); pass --resume_from_checkpoint "
                 f"latest to continue it, --overwrite_output_dir to start over (this deletes its checkpoints and "
                 f"export), or choose another --output_dir")
+        if resume == "latest" and not checkpoint_folders(self.output_dir) and (self.output_dir / "export").is_dir():
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint latest: {self.output_dir} holds a finished run (its export/) but no "
+                f"checkpoint to resume, and a new run would replace that export; nothing was changed. Fine-tune it "
+                f"with --init_from {self.output_dir / 'export'} and another --output_dir, or start over with "
+                f"--overwrite_output_dir")
+        if resume and resume != "latest":
+            find_checkpoint(self.output_dir, resume)
+        if init_from:
+            export_weights(Path(init_from))
+
+    def begin(self, overwrite: bool, record: dict) -> None:
+        """A new run, once every check has passed: a previous run is removed (``overwrite``),
+        leftovers of interrupted writes are cleaned, and ``run.json`` is written."""
         self.accelerator.wait_for_everyone()
         if self.main:
-            for name in RUN_OUTPUTS:
-                path = self.output_dir / name
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if overwrite and (self.output_dir / RUN_FILE).exists():
+                for name in RUN_OUTPUTS:
+                    path = self.output_dir / name
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            self.clean_leftovers()
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / RUN_FILE).write_text(json.dumps(record, indent=2))
         self.accelerator.wait_for_everyone()
+
+    def clean_leftovers(self) -> list[Path]:
+        """Hidden temporary folders of writes a crash interrupted (``atomic_write_dir``'s
+        ``.<name>.tmp-*`` and ``.<name>.old-*``, a checkpoint's staged ``.<name>.rng``): never
+        valid, only in the way. Removed by the main process; returns what it removed."""
+        gone = []
+        for root in (self.output_dir, self.output_dir / CHECKPOINTS):
+            if not root.is_dir():
+                continue
+            for path in root.iterdir():
+                if path.is_dir() and path.name.startswith(".") and (".tmp-" in path.name or ".old-" in path.name
+                                                                    or path.name.endswith(".rng")):
+                    shutil.rmtree(path, ignore_errors=True)
+                    gone.append(path)
+        if gone:
+            warnings.warn(f"removed {len(gone)} leftover temporary folder(s) of an interrupted write: "
+                          f"{[str(g) for g in gone]}")
+        return gone
 
     def start_point(self, resume: str | None, log) -> Path | None:
         """The checkpoint a run resumes from (``--resume_from_checkpoint``); None starts a new run,
@@ -162,11 +199,6 @@ class CheckpointStore:
             log(f"no checkpoint in {self.output_dir / CHECKPOINTS} yet: starting a new run")
             return None
         return find_checkpoint(self.output_dir, resume)
-
-    def write_run(self, record: dict) -> None:
-        if self.main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / RUN_FILE).write_text(json.dumps(record, indent=2))
 
     def save(self, state: "TrainState", gather_weights, ema, optimizer, record: dict, limit: int | None) -> Path:
         """Write the checkpoint of ``state.step``; ``gather_weights()`` is the (collective) full
@@ -219,6 +251,8 @@ class CheckpointStore:
         this rank is restored. The run must be the same (``signature``); changed trainer options
         are logged and apply from now on."""
         acc = self.accelerator
+        if self.main:
+            self.clean_leftovers()
         record = json.loads((folder / STATE_FILE).read_text())
         if record["signature"] != signature:
             changes = describe_changes(record["signature"], signature)
@@ -244,15 +278,21 @@ class CheckpointStore:
         return state
 
 
+def export_weights(export: Path) -> Path:
+    """The model folder of a pipeline export given to ``--init_from``."""
+    folder = export / "model" if (export / "model" / WEIGHTS_NAME).is_file() else export
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"--init_from {export}: no {WEIGHTS_NAME} in it or in its model/ folder; "
+                                f"pass a pipeline export (the run's export/ folder)")
+    return folder
+
+
 def init_from_export(model: torch.nn.Module, export: Path, task) -> Path:
     """Fine-tuning: load an export's model weights into the freshly built model. The model
     options must be the export's (a differing option is named with both values); a task with
     other components to match (text: the tokenizer) checks them first in ``check_init_from``.
     Returns the weights' folder."""
-    folder = export / "model" if (export / "model" / WEIGHTS_NAME).is_file() else export
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"--init_from {export}: no {WEIGHTS_NAME} in it or in its model/ folder; "
-                                f"pass a pipeline export (the run's export/ folder)")
+    folder = export_weights(export)
     if hasattr(task, "check_init_from"):  # first: a wrong tokenizer also changes the vocabulary size
         task.check_init_from(export)
     saved = {k: v for k, v in read_config_json(folder).items() if not k.startswith("_")}

@@ -8,12 +8,20 @@ import dataclasses
 import math
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 from transformers import HfArgumentParser
+
+from ..core import checks
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+REPORTERS = ("tensorboard", "wandb", "all", "none")
 
 
 @dataclass
@@ -55,6 +63,28 @@ class TrainConfig:
     progress: bool = True
     export_dir: str | None = field(default=None, metadata={"help": "pipeline export folder (default <output_dir>/export)"})
 
+    def __post_init__(self):
+        checks.check_fields(self)
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "log_steps",
+                     "max_nonfinite_steps"):
+            checks.integer(f"--{name}", getattr(self, name), low=1)
+        for name in ("lr_warmup_steps", "validation_steps", "num_workers", "seed"):
+            checks.integer(f"--{name}", getattr(self, name), low=0)
+        if self.checkpoints_total_limit is not None:
+            checks.integer("--checkpoints_total_limit", self.checkpoints_total_limit, low=1)
+        checks.number("--learning_rate", self.learning_rate, low=0)
+        for name in ("weight_decay", "max_grad_norm"):
+            checks.number(f"--{name}", getattr(self, name), low=0)
+        for name in ("adam_beta1", "adam_beta2", "ema_decay"):
+            checks.number(f"--{name}", getattr(self, name), low=0, high=1)
+        checks.number("--ema_power", self.ema_power, low=0, open_low=True)
+        checks.choice("--lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        checks.choice("--mixed_precision", self.mixed_precision, PRECISIONS)
+        checks.choice("--ema_warmup", self.ema_warmup, ("inverse_power", "none"))
+        checks.choice("--report_to", self.report_to, REPORTERS)
+        if not self.output_dir:
+            checks.fail("--output_dir", "a folder path", self.output_dir)
+
 
 def parse_config(classes: list[type], args: list[str] | None = None, default_config: str | Path | None = None):
     """HfArgumentParser over dataclasses, plus ``--config file.yaml`` whose values become defaults
@@ -70,11 +100,21 @@ def parse_config(classes: list[type], args: list[str] | None = None, default_con
         path = Path(known.config)
         if not path.is_file():
             raise SystemExit(f"--config {path}: no such file")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        valid = {f.name for cls in classes for f in dataclasses.fields(cls)}
-        unknown = sorted(set(loaded) - valid)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise SystemExit(f"--config {path} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"--config {path}: expected a mapping of option: value, found a YAML "
+                             f"{type(loaded).__name__}")
+        hints = {f.name: typing.get_type_hints(cls)[f.name] for cls in classes for f in dataclasses.fields(cls)}
+        unknown = sorted(set(loaded) - set(hints))
         if unknown:
-            raise SystemExit(f"--config {path}: unknown option(s) {unknown}; valid options: {sorted(valid)}")
+            raise SystemExit(f"--config {path}: unknown option(s) {unknown}; valid options: {sorted(hints)}")
+        for name, value in loaded.items():  # argparse would only convert strings, and with a traceback
+            if not checks.fits(hints[name], value):
+                raise SystemExit(f"--config {path}: option '{name}' should be {checks.type_name(hints[name])}, "
+                                 f"got {value!r}")
         values.update(loaded)
     parser.set_defaults(**values)
     *outputs, extra = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
@@ -133,3 +173,20 @@ def lr_at(config: TrainConfig, step: int) -> float:
     if config.lr_schedule == "constant":
         return config.learning_rate
     raise ValueError(f"unknown lr_schedule '{config.lr_schedule}'; choose constant, cosine or linear")
+
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+def run_command(main, argv: list[str] | None = None) -> int:
+    """Run a recipe's ``main(argv)`` as a command: bad input (every library check raises one of
+    ``USER_ERRORS`` with a message that names the option and the fix) is one line on stderr and
+    exit status 2, not a traceback; ``MMDIFF_TRACEBACK=1`` shows the traceback."""
+    try:
+        main(argv)
+    except USER_ERRORS as e:
+        if os.environ.get("MMDIFF_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

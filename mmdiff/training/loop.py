@@ -90,7 +90,7 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         set_seed(cfg.seed)
-        self.store.prepare(cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
+        self.store.check(cfg.resume_from_checkpoint, cfg.overwrite_output_dir, cfg.init_from)  # nothing written yet
         self._setup()
         if acc.log_with:
             acc.init_trackers("mmdiff", config=flat_options(self.config, self.task.config()))
@@ -122,8 +122,8 @@ class Trainer:
         self.ema = EMA(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, power=cfg.ema_power)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
         self.ema.to(next(self.bare_model.parameters()).device)
-        if start is None:
-            self.store.write_run(run_record(self.task, cfg, acc))
+        if start is None:  # every check passed: only now is a previous run replaced
+            self.store.begin(cfg.overwrite_output_dir, run_record(self.task, cfg, acc))
             return
         self.state = self.store.resume(start, model=self.bare_model, ema=self.ema, optimizer=self.optimizer,
                                        signature=self.task.signature(), train=dataclasses.asdict(cfg), log=self.log)

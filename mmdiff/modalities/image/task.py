@@ -10,10 +10,11 @@ from PIL import Image
 
 from ...components.autoencoders import load_autoencoder
 from ...components.encoders import TextEncoder
+from ...core import checks
 from ...core.patch import PatchConfig
 from ...data.images import build_image_dataset
 from ...media import save_image_grid
-from ..latent_task import DiffusionArgs, LatentDiffusionTask
+from ..latent_task import CROPS, DiffusionArgs, LatentDiffusionTask
 from .pipeline import ImagePipeline
 
 
@@ -28,6 +29,17 @@ class ImageArgs(DiffusionArgs):
     prompt_template: str = field(default="{label}", metadata={
         "help": "prompt made from a class name when the data has no captions, e.g. 'a photo of a {label}'"})
     max_prompt_length: int = 77
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks.integer("--resolution", self.resolution, low=1)
+        if self.channels is not None:
+            checks.choice("--channels", self.channels, (1, 3))
+        checks.choice("--crop", self.crop, CROPS)
+        checks.integer("--max_prompt_length", self.max_prompt_length, low=1)
+        if self.text_encoder and "{label}" not in self.prompt_template:
+            checks.fail("--prompt_template", "a template with {label} in it", self.prompt_template,
+                        "without it every class gets the same prompt")
 
 
 class ImageTask(LatentDiffusionTask):

@@ -12,9 +12,12 @@ flagged to the DiT by its learned given-embedding. Sampling ends with the neares
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ...components.tokenizers import Tokenizer
+from ...core import checks
 from ...core.samplers import per_sample_generators
 from ...core.schedules import SPACINGS
 from ...pipelines import Given, Pipeline
@@ -70,10 +73,10 @@ class TextPipeline(Pipeline):
         estimate at every step, as on the training steps without it (an ablation: docs/text.md).
         ``sampling``: the ``SamplingOptions`` fields and the sampler's own options."""
         opts = self.options(options, **sampling)
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        checks.number("temperature", temperature, low=0, fix="0 is greedy, 1 the model's own distribution")
+        checks.flag("self_conditioning", self_conditioning)
         if ids is None:
-            ids, given = self._blank(num_samples or 1, length or self.max_length)
+            ids, given = self._blank(self._count(num_samples), self._length(length))
         B, L = ids.shape
         if L > self.max_length:
             raise ValueError(f"{L} tokens is more than the {self.max_length} this model was trained on")
@@ -164,17 +167,51 @@ class TextPipeline(Pipeline):
         ``SamplingOptions`` fields and the sampler's own options."""
         kw = dict(temperature=temperature, self_conditioning=self_conditioning, options=self.options(options, **sampling))
         if prompt is None:
-            ids = self.generate_ids(num_samples=num_samples or 1, length=length or self.max_length, **kw)
+            ids = self.generate_ids(num_samples=self._count(num_samples), length=self._length(length), **kw)
             return [self.tokenizer.decode(self._stop(row[1:] if self.tokenizer.bos_id is not None else row))
                     for row in ids.tolist()]
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = self._prompts(prompt, infill_marker)
+        checks.integer("max_new_tokens", max_new_tokens, low=1)
+        checks.integer("infill_tokens", infill_tokens, low=1)
         encoded = [self._encode_prompt(p, infill_marker, infill_tokens) for p in prompts]
+        if not infill_marker:
+            self._warn_if_cut(encoded, max_new_tokens)
         if infill_marker:
             texts = [self.tokenizer.decode(ids) for ids, _ in self._fill(encoded, 0, kw)]
         else:
             texts = [self._continuation(ids, p_ids, return_full_text)
                      for (ids, _), (p_ids, _) in zip(self._continue(encoded, max_new_tokens, kw), encoded)]
         return texts[0] if isinstance(prompt, str) else texts
+
+    def _count(self, num_samples) -> int:
+        return 1 if num_samples is None else checks.integer("num_samples", num_samples, low=1)
+
+    def _length(self, length) -> int:
+        if length is None:
+            return self.max_length
+        return checks.integer("length", length, low=1, high=self.max_length, fix="the model's window is its limit")
+
+    @staticmethod
+    def _prompts(prompt, infill_marker) -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+            checks.fail("prompt", "a string or a non-empty list of strings", prompt, error=TypeError)
+        if infill_marker is not None:
+            if not isinstance(infill_marker, str) or not infill_marker:
+                checks.fail("infill_marker", "a non-empty string", infill_marker, error=TypeError)
+            missing = [p for p in prompts if infill_marker not in p]
+            if missing:
+                checks.fail("prompt", f"text with the infill_marker {infill_marker!r} where tokens are to be filled",
+                            missing[0])
+        return list(prompts)
+
+    def _warn_if_cut(self, encoded, max_new_tokens: int) -> None:
+        """A prompt longer than the window leaves for it is cut at the front (``_continue``): say so."""
+        room = self.max_length - min(max_new_tokens, self.max_length // 2)
+        longest = max(len(ids) for ids, _ in encoded)
+        if longest + max_new_tokens > self.max_length and longest > room:
+            warnings.warn(f"the prompt is {longest} tokens long; the model's window of {self.max_length} tokens "
+                          f"leaves {room} for it, so the continuation is conditioned on its last {room} tokens only")
 
     def _continuation(self, ids: list[int], prompt_ids: list[int], full: bool) -> str:
         text = self.tokenizer.decode(prompt_ids + self._stop(ids[len(prompt_ids):]))

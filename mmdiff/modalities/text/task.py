@@ -14,12 +14,15 @@ from accelerate import PartialState
 from torch import nn
 
 from ...components.tokenizers import AlphabetTokenizer, Tokenizer, load_tokenizer, train_sentencepiece
+from ...core import checks
 from ...core.checkpoint import DTYPES, config_to_dict, shared_fields
+from ...core.samplers import SAMPLERS
 from ...data.markov import MARKOV_ALPHABET, MarkovChain
 from ...data.text import DataError, build_text_corpus
 from ...data.windows import TokenWindows, pack_documents, random_given
 from ...registry import PipelineConfig
-from .model import TextModel, TextModelConfig
+from ...options import MAX_STEPS
+from .model import NOISE_DISTRIBUTIONS, OBJECTIVES, TextModel, TextModelConfig
 from .pipeline import TextPipeline
 
 Tensor = torch.Tensor
@@ -55,6 +58,32 @@ class TextArgs:
     spacing: str = field(default="warp", metadata={"help": "warp (the learned time warp) | karras | logsnr | linspace"})
     export_dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 weights in the export"})
     num_validation_samples: int = 8
+
+    def __post_init__(self):
+        checks.check_fields(self)
+        checks.choice("--objective", self.objective, OBJECTIVES)
+        checks.integer("--vocab_size", self.vocab_size, low=2)
+        checks.integer("--max_length", self.max_length, low=2)
+        for name in ("embed_dim", "hidden_size", "depth", "num_heads", "warp_bins", "num_validation_samples"):
+            checks.integer(f"--{name}", getattr(self, name), low=1)
+        checks.integer("--sample_steps", self.sample_steps, low=1, high=MAX_STEPS)
+        checks.number("--mlp_ratio", self.mlp_ratio, low=0, open_low=True)
+        checks.choice("--positions", self.positions, ("rope", "learned", "sincos"))
+        checks.number("--sigma_min", self.sigma_min, low=0, open_low=True)
+        checks.number("--sigma_max", self.sigma_max, low=self.sigma_min, open_low=True)
+        checks.choice("--noise_distribution", self.noise_distribution, NOISE_DISTRIBUTIONS)
+        for name in ("prefix_prob", "infill_prob", "short_prob"):
+            checks.probability(f"--{name}", getattr(self, name))
+        if self.prefix_prob + self.infill_prob > 1:
+            checks.fail("--prefix_prob + --infill_prob", "at most 1 (shares of the training windows)",
+                        self.prefix_prob + self.infill_prob)
+        checks.choice("--spacing", self.spacing, TextPipeline.spacings)
+        checks.choice("--export_dtype", self.export_dtype, DTYPES)
+        if self.objective == "diffusion":
+            checks.choice("--sampler", self.sampler, SAMPLERS)
+        for name in ("data", "tokenizer"):
+            if not getattr(self, name):
+                checks.fail(f"--{name}", "a name or a path", getattr(self, name))
 
 
 def tokenizer_for(args: TextArgs, texts: list[str] | None, cache: Path | None = None) -> Tokenizer:

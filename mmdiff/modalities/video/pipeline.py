@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ...core import checks
 from ...media import save_image_grid, save_video, save_video_grid, to_pil
 from ...pipelines import Given
 from ...registry import register_pipeline
@@ -65,7 +66,7 @@ class VideoPipeline(LatentPipeline):
     def latent_shape(self, num_frames: int | None = None) -> tuple[int, ...]:
         pc = self.model.config.patch
         t, h, w = pc.size
-        num_frames = t if num_frames is None else num_frames
+        num_frames = t if num_frames is None else checks.integer("num_frames", num_frames)
         if not 1 <= num_frames <= t or num_frames % pc.temporal_patch:
             raise ValueError(f"num_frames must be between 1 and {t} (the trained length)"
                              + (f" and a multiple of {pc.temporal_patch}" if pc.temporal_patch > 1 else "")
@@ -76,16 +77,16 @@ class VideoPipeline(LatentPipeline):
         frames = min(self.score_frames, self.max_frames)
         return latents[:, None].expand(-1, frames, *latents.shape[1:]).contiguous()
 
-    def _given(self, given_frames: dict, shape: tuple[int, ...]) -> Given:
-        """{frame index: image(s)} -> the known latents and their mask, shaped like the latent batch."""
+    def _given(self, given_frames: dict, shape: tuple[int, ...], first_frame: bool = False) -> Given:
+        """{frame index: image(s)} -> the known latents and their mask, shaped like the latent batch
+        (``first_frame``: frame 0 came as that argument, so messages name it)."""
         known, mask = torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device)
         for index, image in given_frames.items():
+            checks.integer("given_frames index", index)
             if not -shape[1] <= index < shape[1]:
                 raise ValueError(f"given frame {index} is outside the {shape[1]} frames being generated")
-            latents = self.picture_latents(image, shape[0])
-            if latents.shape[0] != shape[0]:
-                raise ValueError(f"given frame {index} has {latents.shape[0]} images for {shape[0]} videos")
-            known[:, index] = latents
+            name = "first_frame" if first_frame and index == 0 else f"given_frames[{index}]"
+            known[:, index] = self.picture_latents(image, shape[0], name=name)
             mask[:, index] = 1
         return Given(known, mask, mask_kwarg="given")
 
@@ -124,6 +125,8 @@ class VideoPipeline(LatentPipeline):
         ``.save``), or the (B, T, C, H, W) tensor with ``output_type="pt"``."""
         self.check_output_type(output_type)
         opts = self.options(options, **sampling)
+        if given_frames is not None and not isinstance(given_frames, dict):
+            checks.fail("given_frames", "a dict {frame index: image}", type(given_frames).__name__, error=TypeError)
         given_frames = {**(given_frames or {}), **({0: first_frame} if first_frame is not None else {})}
         num_videos = num_videos or self._given_batch(given_frames)
         can_decide = (infer_label and bool(self.model.config.num_classes)) or self.model.null_class is not None
@@ -132,9 +135,9 @@ class VideoPipeline(LatentPipeline):
         if decide:
             batch = num_videos or 1
         else:
-            cond, uncond, batch = self.conditioning(class_labels, None, num_videos)
+            cond, uncond, batch = self.conditioning(class_labels, None, num_videos, "num_videos")
         shape = (batch, *self.latent_shape(num_frames))
-        given = self._given(given_frames, shape) if given_frames else None
+        given = self._given(given_frames, shape, first_frame is not None) if given_frames else None
         if decide:
             cond, uncond, opts = self._frames_decide(given, batch, infer_label, opts)
         videos = self.decode(self.solve(shape, opts, cond=cond, uncond=uncond, given=given))  # (B, T, C, H, W)

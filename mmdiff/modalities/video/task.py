@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 from ...components.autoencoders import load_autoencoder
+from ...core import checks
 from ...core.checkpoint import DTYPES
 from ...core.patch import PatchConfig
 from ...data.video import build_video_dataset
-from ..latent_task import DiffusionArgs, LatentDiffusionTask
+from ..latent_task import CROPS, DiffusionArgs, LatentDiffusionTask
 from .pipeline import VideoPipeline
 
 ATTENTIONS = ("factorized", "joint")
@@ -40,6 +41,20 @@ class VideoArgs(DiffusionArgs):
     given_frames_prob: float = field(default=0.5, metadata={"help": "share of clips trained with given frames"})
     fps: int = field(default=8, metadata={"help": "frame rate of saved samples"})
     export_dtype: str = field(default="float32", metadata={"help": "float32 | float16 | bfloat16 export weights"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("num_frames", "frame_stride", "resolution", "num_clips", "temporal_patch", "fps"):
+            checks.integer(f"--{name}", getattr(self, name), low=1)
+        if self.channels is not None:
+            checks.choice("--channels", self.channels, (1, 3))
+        checks.choice("--crop", self.crop, CROPS)
+        checks.number("--max_speed", self.max_speed, low=0)
+        checks.choice("--attention", self.attention, ATTENTIONS)
+        checks.probability("--given_frames_prob", self.given_frames_prob)
+        checks.choice("--export_dtype", self.export_dtype, DTYPES)
+        if self.num_frames % self.temporal_patch:
+            checks.fail("--num_frames", f"a multiple of --temporal_patch {self.temporal_patch}", self.num_frames)
 
 
 def given_frames_mask(batch: int, frames: int, generator: torch.Generator | None = None,
@@ -65,15 +80,6 @@ class VideoTask(LatentDiffusionTask):
     modality = "video"
     data_key = "video"
     pipeline_class = VideoPipeline
-
-    def __init__(self, args: VideoArgs):
-        if args.attention not in ATTENTIONS:
-            raise ValueError(f"unknown --attention '{args.attention}'; choose one of {ATTENTIONS}")
-        if not 0 <= args.given_frames_prob <= 1:
-            raise ValueError(f"--given_frames_prob must be in [0, 1], got {args.given_frames_prob}")
-        if args.export_dtype not in DTYPES:
-            raise ValueError(f"unknown --export_dtype '{args.export_dtype}'; choose one of {list(DTYPES)}")
-        super().__init__(args)
 
     def build_dataset(self):
         a = self.args
