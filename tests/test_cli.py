@@ -153,7 +153,7 @@ def test_help_on_every_subcommand(capsys):
 
 @pytest.mark.parametrize("args, code, message", [
     (["generate", "image", "--class_labels", "12"], 1, "class label out of range: got [12], the model knows 0..9"),
-    (["generate", "image", "--class_labels", "seven"], 1, "class label 'seven' is not a number"),
+    (["generate", "image", "--class_labels", "seven"], 1, "unknown class name 'seven'; this model's classes are"),
     (["generate", "image", "--class_labels", "3", "--num_inference_steps", "0"], 1,
      "num_inference_steps must be an integer in [1, 10000], got 0"),
     (["generate", "image", "--class_labels", "3", "--sampler_options", "eta=0.5"], 1, "has no option(s) ['eta']"),

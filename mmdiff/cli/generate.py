@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> str:
     pipe = load_pipeline(args.task, args.model, args.dtype, args.device)
     keywords = {name: getattr(args, name) for name in args.keywords if hasattr(args, name)}
     if "class_labels" in keywords:
-        keywords["class_labels"] = class_labels(keywords["class_labels"], pipe)
+        keywords["class_labels"] = class_labels(keywords["class_labels"])
     for name in PICTURES:
         if name in keywords:
             keywords[name] = fit_picture(keywords[name], pipe)

@@ -43,7 +43,7 @@ class Handlers:
             pipe = load_pipeline("image", model, dtype, self.device)
             edit = {} if picture is None else {"image": fit_picture(picture, pipe), "strength": float(strength),
                                                "mask": None if mask is None else mask_tensor(mask)}
-            images = pipe(class_labels=self._labels(labels, pipe), output_type="pt",
+            images = pipe(class_labels=self._labels(labels), output_type="pt",
                           options=self._options(sampler, steps, guidance, seed, progress), **edit)
             return [enlarge(image) for image in to_pil(images)]
 
@@ -52,7 +52,7 @@ class Handlers:
         with shown_in_page():
             pipe = load_pipeline("video", model, dtype, self.device)
             from_frame = first_frame is not None and not (labels or "").strip()  # the class read off the frame
-            out = pipe(class_labels=None if from_frame else self._labels(labels, pipe),
+            out = pipe(class_labels=None if from_frame else self._labels(labels),
                        num_frames=int(num_frames), first_frame=fit_picture(first_frame, pipe),
                        options=self._options(sampler, steps, guidance, seed, progress))
             return str(out.save(self._video_path()))
@@ -69,8 +69,8 @@ class Handlers:
                         return_full_text=True, options=options)
 
     # ------------------------------------------------------------------------------ values
-    def _labels(self, text, pipe) -> list[int]:
-        labels = class_labels(text, pipe)
+    def _labels(self, text) -> list[int | str]:
+        labels = class_labels(text)
         if labels is None:
             raise ValueError("type one class label or more, e.g. 3 7")
         if len(labels) > self.max_batch:
