@@ -17,6 +17,11 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".png")
+# Pictures people look at are enlarged by an integer nearest-neighbour factor until the shorter side
+# has VIEW_SIZE pixels: an 8x8 digit or a 102x102 grid is otherwise a thumbnail on a screen. The
+# longer side stops at MAX_VIEW_SIZE so a long strip of frames stays a file a viewer opens.
+VIEW_SIZE = 256
+MAX_VIEW_SIZE = 4096
 
 
 # ----------------------------------------------------------------------------- images
@@ -36,6 +41,28 @@ def to_pil(images: torch.Tensor) -> Image.Image | list[Image.Image]:
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
+def view_scale(height: int, width: int, size: int = VIEW_SIZE, max_size: int = MAX_VIEW_SIZE) -> int:
+    """The integer factor that brings the shorter side to at least ``size`` pixels, or the largest
+    one that keeps the longer side within ``max_size``; 1 for pictures that are large enough."""
+    wanted = math.ceil(size / min(height, width))
+    return max(1, min(wanted, max_size // max(height, width)))
+
+
+def _scale(scale: int | None, height: int, width: int) -> int:
+    if scale is None:
+        return view_scale(height, width)
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer (1 keeps the raw size) or None, got {scale!r}")
+    return scale
+
+
+def enlarge(image: Image.Image, scale: int | None = None) -> Image.Image:
+    """``image`` scaled by an integer factor, nearest neighbour (every pixel becomes a square block,
+    so the original is recovered exactly by averaging blocks); ``scale=None``: ``view_scale``."""
+    scale = _scale(scale, image.height, image.width)
+    return image if scale == 1 else image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+
 def _grid(images: torch.Tensor, nrow: int | None, padding: int, pad_value: float) -> torch.Tensor:
     """Tile ``(B, C, H, W)`` into one ``(C, H', W')`` image in [-1, 1]; ``nrow`` is images per row."""
     nrow = nrow or math.ceil(math.sqrt(len(images)))
@@ -50,11 +77,12 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2,
 
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, padding: int = 2,
-                    pad_value: float = 1.0) -> Path:
-    """Save ``(B, C, H, W)`` in [-1, 1] as a PNG grid (white separators by default); returns the path."""
+                    pad_value: float = 1.0, scale: int | None = None) -> Path:
+    """Save ``(B, C, H, W)`` in [-1, 1] as a PNG grid (white separators by default), enlarged to
+    a viewable size (``enlarge``; ``scale=1`` keeps the raw size); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, nrow, padding, pad_value).save(path)
+    enlarge(image_grid(images, nrow, padding, pad_value), scale).save(path)
     return path
 
 
@@ -118,18 +146,20 @@ def _mp4_codec() -> tuple[str, dict]:
     return "mpeg4", {"flags": "+qscale", "global_quality": str(2 * 118)}
 
 
-def save_video(frames, path: str | Path, fps: int = 8, scale: int = 1) -> Path:
+def save_video(frames, path: str | Path, fps: int = 8, scale: int | None = None) -> Path:
     """Write frames to ``.mp4`` (H.264, else MPEG-4), ``.webm`` (VP9), ``.gif`` or ``.png`` (a strip).
 
     ``frames``: float tensor ``(T, C, H, W)`` in [-1, 1], uint8 ``(T, H, W, C)`` or a list of PIL
-    images. ``scale`` upsamples by nearest neighbour so 32x32 samples are viewable. mp4/webm pad odd
-    sizes with one black row/column (yuv420p needs even sizes). Returns the path.
+    images. ``scale`` upsamples by nearest neighbour; the default (``view_scale``) makes a frame's
+    shorter side at least 256 px, ``scale=1`` keeps the raw size. mp4/webm pad odd sizes with one
+    black row/column (yuv420p needs even sizes). Returns the path.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
         raise ValueError(f"save_video: unsupported suffix {suffix!r} in {path}; use one of {VIDEO_SUFFIXES}")
     array = _frames_to_array(frames)
+    scale = _scale(scale, *array.shape[1:3])
     if scale != 1:
         array = array.repeat(scale, axis=1).repeat(scale, axis=2)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +176,7 @@ def save_video(frames, path: str | Path, fps: int = 8, scale: int = 1) -> Path:
 
 
 def save_video_grid(videos: torch.Tensor, path: str | Path, nrow: int | None = None, fps: int = 8,
-                    scale: int = 1, padding: int = 2, pad_value: float = 1.0) -> Path:
+                    scale: int | None = None, padding: int = 2, pad_value: float = 1.0) -> Path:
     """Tile ``(B, T, C, H, W)`` in [-1, 1] into one video, ``nrow`` videos per row; see ``save_video``."""
     if videos.ndim != 5:
         raise ValueError(f"save_video_grid expects (B, T, C, H, W), got {tuple(videos.shape)}")

@@ -47,7 +47,7 @@ def test_to_pil_modes_values_and_batches():
 
 def test_image_grid_layout_padding_and_grayscale(tmp_path):
     images = torch.stack([torch.full((1, 8, 8), -1 + 2 * i / 5) for i in range(6)])  # 6 gray levels
-    path = media.save_image_grid(images, tmp_path / "sub" / "grid.png", nrow=3, padding=2)
+    path = media.save_image_grid(images, tmp_path / "sub" / "grid.png", nrow=3, padding=2, scale=1)
     grid = Image.open(path)
     assert path.exists() and grid.mode == "L"
     assert grid.size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2)  # (W, H)
@@ -59,10 +59,26 @@ def test_image_grid_layout_padding_and_grayscale(tmp_path):
     assert media.image_grid(images).size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2)  # default nrow: ceil(sqrt(6)) = 3
 
 
+def test_pictures_people_look_at_are_enlarged_by_an_integer_factor(tmp_path):
+    digits = torch.rand(100, 1, 8, 8) * 2 - 1
+    raw = np.asarray(media.image_grid(digits, nrow=10))  # 10 x 8 px + 11 x 2 px separators
+    grid = np.asarray(Image.open(media.save_image_grid(digits, tmp_path / "grid.png", nrow=10)))
+    assert raw.shape == (102, 102) and grid.shape == (306, 306)  # x3: the shorter side reaches 256
+    assert (grid == raw.repeat(3, 0).repeat(3, 1)).all()  # nearest neighbour: 3x3 blocks
+    assert Image.open(media.save_image_grid(digits, tmp_path / "raw.png", nrow=10, scale=1)).size == (102, 102)
+    assert media.enlarge(Image.new("L", (8, 8))).size == (256, 256)
+    assert media.view_scale(8, 8) == 32 and media.view_scale(300, 400) == 1
+    assert media.view_scale(36, 546) == 7  # 8 would reach 256 but make the strip 4368 px long
+    clip = media.read_video(media.save_video(moving_square(4), tmp_path / "big.gif"))
+    assert clip.shape == (4, 256, 256, 3) and (clip[:, ::8, ::8].numpy() == as_uint8(moving_square(4))).all()
+    with pytest.raises(ValueError, match="scale must be a positive integer"):
+        media.save_video(moving_square(4), tmp_path / "zero.gif", scale=0)
+
+
 @pytest.mark.parametrize("suffix, min_psnr", [(".mp4", 30), (".webm", 30), (".gif", float("inf"))])
 def test_save_read_video_round_trip(tmp_path, suffix, min_psnr):
     video = moving_square()
-    path = media.save_video(video, tmp_path / f"square{suffix}", fps=8)
+    path = media.save_video(video, tmp_path / f"square{suffix}", fps=8, scale=1)
     frames = media.read_video(path)
     assert frames.shape == (T, S, S, 3) and frames.dtype == torch.uint8
     assert media.count_frames(path) == T
@@ -71,7 +87,7 @@ def test_save_read_video_round_trip(tmp_path, suffix, min_psnr):
 
 def test_png_strip_is_exact(tmp_path):
     video = moving_square()
-    strip = np.asarray(Image.open(media.save_video(video, tmp_path / "strip.png")))
+    strip = np.asarray(Image.open(media.save_video(video, tmp_path / "strip.png", scale=1)))
     assert strip.shape == (S, T * S, 3)
     frames = np.stack(np.split(strip, T, axis=1))
     assert (frames == as_uint8(video)).all()
@@ -80,7 +96,7 @@ def test_png_strip_is_exact(tmp_path):
 def test_mpeg4_fallback_without_libx264(tmp_path, monkeypatch):
     monkeypatch.setattr(media.av, "codecs_available", set(av.codecs_available) - {"libx264"})
     video = moving_square()
-    path = media.save_video(video, tmp_path / "fallback.mp4")
+    path = media.save_video(video, tmp_path / "fallback.mp4", scale=1)
     with av.open(str(path)) as container:
         assert container.streams.video[0].codec_context.name == "mpeg4"
     assert psnr(media.read_video(path), as_uint8(video)) > 30
@@ -89,13 +105,13 @@ def test_mpeg4_fallback_without_libx264(tmp_path, monkeypatch):
 def test_gif_rgb_with_few_colours_is_exact(tmp_path):
     video = moving_square(channels=3)
     video[:, 0] = video[:, 0].clamp(max=0.2)  # a coloured square: (153, 255, 255) on (0, 0, 0)
-    frames = media.read_video(media.save_video(video, tmp_path / "rgb.gif"))
+    frames = media.read_video(media.save_video(video, tmp_path / "rgb.gif", scale=1))
     assert (frames.numpy() == media.to_uint8(video).permute(0, 2, 3, 1).numpy()).all()
 
 
 def test_odd_sizes_are_padded_and_scale_upsamples(tmp_path):
     odd = torch.rand(4, 3, 15, 17) * 2 - 1
-    assert media.read_video(media.save_video(odd, tmp_path / "odd.mp4")).shape == (4, 16, 18, 3)
+    assert media.read_video(media.save_video(odd, tmp_path / "odd.mp4", scale=1)).shape == (4, 16, 18, 3)
     big = media.read_video(media.save_video(moving_square(4), tmp_path / "big.gif", scale=3))
     assert big.shape == (4, 3 * S, 3 * S, 3)
     assert (big[:, ::3, ::3].numpy() == as_uint8(moving_square(4))).all()  # nearest neighbour
@@ -127,7 +143,7 @@ def test_read_video_start_stride_and_short_reads(tmp_path):
 
 def test_save_video_grid_tiles_each_frame(tmp_path):
     videos = torch.stack([moving_square(6, 8) * (1 - b / 4) for b in range(4)])  # (4, 6, 1, 8, 8), 4 brightnesses
-    frames = media.read_video(media.save_video_grid(videos, tmp_path / "grid.gif", nrow=2, padding=2)).numpy()
+    frames = media.read_video(media.save_video_grid(videos, tmp_path / "grid.gif", nrow=2, padding=2, scale=1)).numpy()
     assert frames.shape == (6, 22, 22, 3)
     for b in range(4):
         top, left = 2 + (b // 2) * 10, 2 + (b % 2) * 10

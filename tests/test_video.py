@@ -242,13 +242,15 @@ def test_bad_calls_name_the_problem(pipe):
 def test_save_mp4_gif_png(pipe, tmp_path):
     out = pipe(class_labels=[0, 1, 2], num_frames=6, num_inference_steps=2, progress=False)
     for suffix in (".mp4", ".gif", ".webm"):
-        path = out.save(tmp_path / f"v{suffix}")
+        path = out.save(tmp_path / f"v{suffix}", scale=1)
         assert count_frames(path) == 6
     assert read_video(tmp_path / "v.mp4").shape[1:3] == (2 * 18 + 2, 2 * 18 + 2)  # 2x2 tiles, 2 px borders
-    strip = Image.open(out.save(tmp_path / "v.png"))
+    assert read_video(out.save(tmp_path / "big.mp4")).shape[1:3] == (7 * 38, 7 * 38)  # by default >= 256 px
+    strip = Image.open(out.save(tmp_path / "v.png", scale=1))
     assert strip.size == (6 * 18 + 2, 3 * 18 + 2)  # a row of 6 frames per video
+    assert Image.open(out.save(tmp_path / "big.png")).size == (5 * 110, 5 * 56)
     one = pipe(class_labels=[0], num_frames=4, num_inference_steps=2, progress=False)
-    assert Image.open(one.save(tmp_path / "one.png", scale=2)).size == (4 * 34 + 2, 34 + 2)
+    assert Image.open(one.save(tmp_path / "one.png", scale=2)).size == (2 * (4 * 18 + 2), 2 * (18 + 2))
     assert count_frames(one.save(tmp_path / "one.gif")) == 4
 
 

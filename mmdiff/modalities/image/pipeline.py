@@ -68,8 +68,9 @@ class ImagePipeline(LatentPipeline):
         return 1 - F.interpolate(mask, size=shape[-2:], mode="nearest").to(self.device).expand(shape)
 
     @staticmethod
-    def save_grid(images, path, nrow: int | None = None) -> Path:
-        """PNG grid of PIL images or a (B, C, H, W) tensor in [-1, 1]."""
+    def save_grid(images, path, nrow: int | None = None, scale: int | None = None) -> Path:
+        """PNG grid of PIL images or a (B, C, H, W) tensor in [-1, 1], enlarged to a viewable size
+        unless ``scale`` says (1: the raw size)."""
         if isinstance(images, list):
             images = torch.stack([pil_to_tensor(im) for im in images]).float() / 127.5 - 1
-        return save_image_grid(images, path, nrow=nrow)
+        return save_image_grid(images, path, nrow=nrow, scale=scale)

@@ -35,16 +35,14 @@ class VideoOutput:
     def frames(self) -> list[list[Image.Image]]:
         return [to_pil(video) for video in self.videos]  # B lists of T images
 
-    def save(self, path, fps: int | None = None, scale: int = 1, nrow: int | None = None) -> Path:
+    def save(self, path, fps: int | None = None, scale: int | None = None, nrow: int | None = None) -> Path:
         """``.mp4``/``.webm``/``.gif``: one video, several tiled ``nrow`` per row; ``.png``: a strip
-        of frames per video, one row each."""
+        of frames per video, one row each. Enlarged to a viewable size unless ``scale`` says (1: raw)."""
         path = Path(path)
         fps = fps or self.fps
         if path.suffix.lower() == ".png":
             frames = self.videos.flatten(0, 1)  # (B*T, C, H, W)
-            if scale != 1:
-                frames = frames.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-            return save_image_grid(frames, path, nrow=self.videos.shape[1])
+            return save_image_grid(frames, path, nrow=self.videos.shape[1], scale=scale)
         if len(self.videos) == 1:
             return save_video(self.videos[0], path, fps=fps, scale=scale)
         return save_video_grid(self.videos, path, nrow=nrow, fps=fps, scale=scale)
