@@ -98,9 +98,9 @@ def test_the_adapter_round_trips_through_peft(adapter):
     assert (ours - ref).abs().max() < 1e-6 and (ours - plain).abs().max() > 1e-3
     from peft import get_peft_model_state_dict
     saved = load_file(str(adapter / ADAPTER_WEIGHTS))
-    back = get_peft_model_state_dict(theirs)
-    assert {PEFT_PREFIX + k for k in back} == set(saved)
-    assert all(torch.equal(back[k.removeprefix(PEFT_PREFIX)], v) for k, v in saved.items())
+    back = get_peft_model_state_dict(theirs)  # peft's own keys are the file's, prefix included
+    assert set(back) == set(saved) and all(k.startswith(PEFT_PREFIX) for k in back)
+    assert all(torch.equal(back[k], v) for k, v in saved.items())
 
 
 def test_fuse_unfuse_and_several_adapters_with_weights(adapter, tmp_path):
@@ -128,7 +128,7 @@ def test_fuse_unfuse_and_several_adapters_with_weights(adapter, tmp_path):
     assert (only_a - out).abs().max() > 1e-3
     pipe.unload_lora()
     assert pipe.lora_scales == {} and type(pipe.model.blocks[0].attn.qkv) is torch.nn.Linear
-    assert torch.equal(pipe.model.blocks[0].attn.qkv.weight, w0)
+    assert torch.allclose(pipe.model.blocks[0].attn.qkv.weight, w0, atol=1e-6)  # fused and back: float rounding
 
 
 def test_the_merged_export_is_a_plain_pipeline(adapter):
