@@ -2,10 +2,12 @@
 
     BENCH_THREADS=1 python benchmarks/lora.py --write_docs     # the "lora" section of docs/benchmarks.md
 
-Each mode trains the same DiT (a class-conditional DiT-B/2 on 32x32x4 latents, as for ImageNet 256)
-with AdamW in its own process, so the peak resident memory (model, gradients, optimizer state,
-activations) of one does not hide in the other's; step time is the median of timed steps after
-a warm-up; the adapter is written with ``mmdiff.components.lora.save_adapter`` (peft's layout).
+Every mode trains the same DiT (a class-conditional DiT-B/2 on 32x32x4 latents, as for ImageNet
+256) with AdamW. Step time: all modes in one process, alternating within every round (so a change
+in the machine's load hits all alike), CPU time of the one thread, median over rounds. Peak
+memory: each mode in its own process (model, gradients, optimizer state, activations), so one
+mode's peak does not hide another's. The adapter is written with
+``mmdiff.components.lora.save_adapter`` (peft's layout).
 """
 from __future__ import annotations
 
@@ -14,15 +16,17 @@ import json
 import os
 import resource
 import subprocess
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from mmdiff.components.lora import ADAPTER_WEIGHTS, add_adapter, lora_config, save_adapter
 from mmdiff.core.dit import DiT
-from mmdiff.eval.tables import machine, median_time, pin_threads, table, update_section
+from mmdiff.eval.tables import machine, paired_times, pin_threads, table, update_section
 
 PRESET, LATENT, CHANNELS, CLASSES, BATCH = "DiT-B/2", 32, 4, 1000, 8
 MODES = {"full": None, "lora r8": (8, "attention,mlp"), "lora r32": (32, "attention,mlp"),
@@ -38,12 +42,13 @@ def build(mode: str):
     return model.train()
 
 
-def measure(mode: str, repeats: int) -> dict:
+def trainer_step(mode: str):
     model = build(mode)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
-    x = torch.randn(BATCH, CHANNELS, LATENT, LATENT)
-    t, y = torch.rand(BATCH) * 1000, torch.randint(0, CLASSES, (BATCH,))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, CHANNELS, LATENT, LATENT, generator=g)
+    t, y = torch.rand(BATCH, generator=g) * 1000, torch.randint(0, CLASSES, (BATCH,), generator=g)
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -51,9 +56,15 @@ def measure(mode: str, repeats: int) -> dict:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    return model, params, step
 
-    seconds = median_time(step, warmup=2, repeats=repeats)
-    out = {"mode": mode, "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+
+def measure(mode: str, steps: int = 3) -> dict:
+    """Peak memory and saved size of one mode (run in a fresh process)."""
+    model, params, step = trainer_step(mode)
+    for _ in range(steps):
+        step()
+    out = {"mode": mode, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "trainable": sum(p.numel() for p in params), "total": sum(p.numel() for p in model.parameters())}
     with tempfile.TemporaryDirectory() as tmp:
         if MODES[mode] is None:
@@ -67,23 +78,34 @@ def measure(mode: str, repeats: int) -> dict:
     return out
 
 
-def run_isolated(mode: str, repeats: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", mode, "--repeats", str(repeats)], check=True,
-                         capture_output=True, text=True).stdout
+def step_times(rounds: int) -> dict[str, float]:
+    """Median CPU seconds per step of every mode, alternating modes within each round."""
+    steps = {mode: trainer_step(mode)[2] for mode in MODES}
+    times = paired_times(steps, rounds, warmup=2, clock=time.process_time)
+    return {mode: statistics.median(ts) for mode, ts in times.items()}
+
+
+def run_isolated(mode: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", mode], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write_docs", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads, load = pin_threads(), os.getloadavg()[0]
     if args.one:
-        print(json.dumps(measure(args.one, args.repeats)))
+        print(json.dumps(measure(args.one)))
         return
-    results = [run_isolated(mode, args.repeats) for mode in MODES]
+    if threads != 1:
+        parser.error("CPU-time step timings need BENCH_THREADS=1 (idle OpenMP threads spin on the CPU)")
+    results = [run_isolated(mode) for mode in MODES]
+    seconds = step_times(args.rounds)
+    for r in results:
+        r["seconds"] = seconds[r["mode"]]
     full = results[0]
     rows = [[r["mode"], f"{r['trainable']:,}", f"{100 * r['trainable'] / r['total']:.2f}%", f"{r['file_mb']:.1f}",
              f"{r['seconds']:.3f}", f"{r['seconds'] / full['seconds']:.2f}", f"{r['peak_mb']:.0f}",
@@ -97,9 +119,10 @@ def main(argv=None):
             "",
             f"Command: `BENCH_THREADS={threads} python benchmarks/lora.py --write_docs`. A class-conditional "
             f"{PRESET} ({full['total']:,} parameters) on {LATENT}x{LATENT}x{CHANNELS} latents, batch {BATCH}, bf16 "
-            f"autocast, fused AdamW over what trains; each mode in a fresh process; step time the median of "
-            f"{args.repeats} steps after 2 warm-up steps; peak RSS of the whole process (model, gradients, optimizer "
-            f"state, activations); saved file: the full model's safetensors, or the adapter "
+            f"autocast, fused AdamW over what trains. Step time: CPU seconds of the one thread, the modes "
+            f"alternating within each of {args.rounds} rounds after 2 warm-up steps, median; peak RSS: each mode "
+            f"in a fresh process (model, gradients, optimizer state, activations); saved file: the full model's "
+            f"safetensors, or the adapter "
             f"(`adapter_model.safetensors`, float32). Machine: {machine()}; load average {load:.1f} at the start.",
             "",
             text,
