@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import LatteTransformer3DModel
 
-from mmdiff.components.latte import LATTE_DEFAULTS, convert_latte, latte_config, load_latte_transformer
+from mmdiff.components.latte import LATTE_1, LATTE_DEFAULTS, convert_latte, latte_config, load_latte_transformer
 from mmdiff.core.checkpoint import CheckpointError
 
 from test_pretrained_dit import randomize, report
@@ -108,14 +108,6 @@ def test_unsupported_options_are_refused():
         latte_config({"_class_name": "LatteTransformer3DModel", **{**LATTE, "activation_fn": "geglu"}})
     with pytest.raises(CheckpointError, match="_class_name 'PixArtTransformer2DModel'"):
         latte_config({"_class_name": "PixArtTransformer2DModel", **LATTE})
-
-
-# maxin-cn/Latte-1's transformer/config.json
-LATTE_1 = dict(_class_name="LatteTransformer3DModel", activation_fn="gelu-approximate", attention_bias=True,
-               attention_head_dim=72, caption_channels=4096, cross_attention_dim=1152, dropout=0.0, in_channels=4,
-               norm_elementwise_affine=False, norm_eps=1e-6, norm_type="ada_norm_single", num_attention_heads=16,
-               num_embeds_ada_norm=1000, num_layers=28, out_channels=8, patch_size=2, sample_size=64,
-               video_length=16)
 
 
 def test_latte_1_converts_on_meta_with_diffusers_parameter_count():

@@ -42,6 +42,12 @@ LATTE_DEFAULTS = dict(num_attention_heads=16, attention_head_dim=88, in_channels
 REQUIRED = dict(activation_fn="gelu-approximate", attention_bias=True, norm_type="ada_norm_single",
                 norm_elementwise_affine=False)
 
+# maxin-cn/Latte-1's transformer/config.json (T5-XXL captions, 512 px: 64x64 latents, 16 frames)
+LATTE_1 = dict(_class_name=CLASS_NAME, activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=72,
+               caption_channels=4096, cross_attention_dim=1152, dropout=0.0, in_channels=4,
+               norm_elementwise_affine=False, norm_eps=1e-6, norm_type="ada_norm_single", num_attention_heads=16,
+               num_embeds_ada_norm=1000, num_layers=28, out_channels=8, patch_size=2, sample_size=64, video_length=16)
+
 
 def _full_config(config: dict) -> dict:
     if config.get("_class_name") != CLASS_NAME:

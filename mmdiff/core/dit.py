@@ -73,6 +73,9 @@ class DiTConfig:
     context_projection: bool = False  # PixArt's caption projection: MLP context_dim -> hidden_size
     size_conditioning: bool = False  # PixArt-alpha 1024 px: forward takes resolution and aspect_ratio
     temporal_cross_attention: bool = True  # False: only spatial blocks attend to the context (Latte)
+    # The mask-averaged context, through an MLP, joins the timestep embedding (SD3's pooled text,
+    # Imagen's pooled embedding): a prompt steers the adaLN modulation as directly as a label does.
+    pooled_context: bool = False
 
     def __post_init__(self):
         for name in ("hidden_size", "depth", "num_heads", "frequency_dim"):
@@ -86,6 +89,8 @@ class DiTConfig:
             raise ValueError(f"unknown attention '{self.attention}'; choose one of {ATTENTIONS}")
         if self.adaln not in ADALNS:
             raise ValueError(f"unknown adaln '{self.adaln}'; choose one of {ADALNS}")
+        if self.pooled_context and not self.context_dim:
+            raise ValueError("pooled_context needs context_dim > 0 (the width of the context it pools)")
         if self.context_projection and not self.context_dim:
             raise ValueError("context_projection needs context_dim > 0 (the width of the context it projects)")
         if self.size_conditioning and self.hidden_size % 3:
@@ -246,6 +251,14 @@ class FinalLayer(nn.Module):
         return self.linear(h)
 
 
+def pooled(context: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, D): the mean of the context's tokens, over the real ones (mask 1) when masked."""
+    if mask is None:
+        return context.float().mean(1)
+    weights = mask.float()[..., None]
+    return (context.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 class DiT(PretrainedMixin, nn.Module):
     """``model(x, timestep, class_labels=None, context=None, context_mask=None, given=None,
     attention_mask=None, resolution=None, aspect_ratio=None)`` -> output shaped like ``x`` (with
@@ -269,6 +282,8 @@ class DiT(PretrainedMixin, nn.Module):
             self.adaLN_single = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         if config.context_projection:
             self.context_embedder = Mlp(config.context_dim, d, d)
+        if config.pooled_context:
+            self.pooled_embedder = Mlp(config.context_dim, d, d)
         if config.num_classes:
             # The null class (index num_classes) exists only when labels are dropped in training.
             self.y_embedder = nn.Embedding(config.num_classes + int(config.class_dropout > 0), d)
@@ -368,6 +383,8 @@ class DiT(PretrainedMixin, nn.Module):
             h = h + self.patcher.token_mask(given)[..., None].to(h.dtype) * self.given_embed
         with torch.autocast("cpu", enabled=False):  # B rows: see per_sample
             c = self.condition(timestep, class_labels, resolution, aspect_ratio)  # (B, D)
+            if self.config.pooled_context and context is not None:
+                c = c + self.pooled_embedder(pooled(context, context_mask).to(c.dtype))
         # adaLN-single: one projection for all blocks, each adds its table in float32 and rounds once
         block_c = per_sample(self.adaLN_single, c, c.dtype) if self.config.adaln == "single" else c
         if context is not None and self.config.context_projection:

@@ -4,9 +4,10 @@
     out = pipe(class_labels=[3, 7], num_frames=16, guidance_scale=2.0)
     out.save("digits.mp4")                                   # .gif, .webm, .png (a strip per video)
     out = pipe(first_frame=Image.open("frame.png"))          # image-to-video
+    out = text_pipe(prompt="a video of the digit 3")         # a model trained with --text_encoder
 
-Labels, guidance and frame encoding are the shared latent pipeline's; the latent is (T, c, h, w),
-frames go through the image autoencoder frame by frame.
+Labels, prompts, guidance and frame encoding are the shared latent pipeline's; the latent is
+(T, c, h, w), frames go through the image autoencoder frame by frame.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class VideoOutput:
 
 @register_pipeline("video")
 class VideoPipeline(LatentPipeline):
-    """Class-conditional video generation and image-to-video (any given frames)."""
+    """Class-conditional or text-to-video generation and image-to-video (any given frames)."""
 
     default_model = "video-moving-digits"
     # ``classify`` scores a frame as a still clip of this many frames: temporal attention pools
@@ -111,10 +112,15 @@ class VideoPipeline(LatentPipeline):
         return {"class_labels": labels}, self._uncond(labels), options
 
     @torch.no_grad()
-    def __call__(self, class_labels=None, *, num_videos: int | None = None, num_frames: int | None = None,
-                 first_frame=None, given_frames: dict | None = None, infer_label: bool = True,
-                 output_type: str = "pil", options=None, **sampling):
-        """``class_labels`` (ints or class names) or ``num_videos`` (unconditional); ``sampling``:
+    def __call__(self, class_labels=None, *, prompt: str | list[str] | None = None, prompt_embeds=None,
+                 negative_prompt_embeds=None, prompt_attention_mask=None, negative_prompt_attention_mask=None,
+                 num_videos: int | None = None, num_frames: int | None = None, first_frame=None,
+                 given_frames: dict | None = None, infer_label: bool = True, output_type: str = "pil",
+                 options=None, **sampling):
+        """``class_labels`` (ints or class names), ``prompt`` (a model trained with a text
+        encoder; guided against the empty prompt), its embeddings ``prompt_embeds`` (B, M, D)
+        (with ``negative_prompt_embeds``, ``prompt_attention_mask``... as in diffusers), or
+        ``num_videos`` (unconditional); ``sampling``:
         the ``SamplingOptions`` fields and the sampler's own options. ``first_frame`` (a PIL image,
         a list of them, or a tensor (C, H, W) / (B, C, H, W) in [-1, 1]) or
         ``given_frames={index: image, ...}`` are kept as given and the rest is generated. Given
@@ -130,12 +136,16 @@ class VideoPipeline(LatentPipeline):
         given_frames = {**(given_frames or {}), **({0: first_frame} if first_frame is not None else {})}
         num_videos = num_videos or self._given_batch(given_frames)
         can_decide = (infer_label and bool(self.model.config.num_classes)) or self.model.null_class is not None
-        decide = class_labels is None and bool(given_frames) and can_decide
+        text = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds,
+                "prompt_attention_mask": prompt_attention_mask,
+                "negative_prompt_attention_mask": negative_prompt_attention_mask}
+        unlabelled = class_labels is None and prompt is None and prompt_embeds is None
+        decide = unlabelled and bool(given_frames) and can_decide
         cond = uncond = None
         if decide:
             batch = num_videos or 1
         else:
-            cond, uncond, batch = self.conditioning(class_labels, None, num_videos, "num_videos")
+            cond, uncond, batch = self.conditioning(class_labels, prompt, num_videos, "num_videos", **text)
         shape = (batch, *self.latent_shape(num_frames))
         given = self._given(given_frames, shape, first_frame is not None) if given_frames else None
         if decide:
