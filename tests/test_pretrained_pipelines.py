@@ -1,0 +1,172 @@
+"""Published diffusers pipelines load by name in mmdiff and sample the same pictures (mmdiff.pretrained).
+
+Each parity test builds a tiny random diffusers pipeline, writes it with ``save_pretrained`` in
+the layout of the hub repos, loads the folder with ``mmdiff.pipeline("image", model=...)`` and
+runs both on the same latents, labels or prompt embeddings and guidance scale, in float32:
+the network's outputs at every step (<= 1e-5), the final latents (<= 1e-4) and the 8-bit
+pictures. The measured max-abs differences are printed (``pytest -s``).
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
+                       EulerDiscreteScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel)
+from test_pretrained_dit import CHANNELS, DIT, PIXART, randomize, tie_embedders
+
+import mmdiff
+from mmdiff.core.checkpoint import CheckpointError
+from mmdiff.media import to_pil
+from mmdiff.pretrained import scheduler_settings
+
+NET_TOL, LATENT_TOL = 1e-5, 1e-4
+VAE = dict(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2, norm_num_groups=4,
+           up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=CHANNELS,
+           scaling_factor=0.3611, sample_size=16)
+
+
+def tiny_vae(seed=7):
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**VAE).eval()
+    with torch.no_grad():  # off the identity init, so a misplaced norm or scale would show
+        for p in vae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return vae
+
+
+class Recorder:
+    """The outputs of a network at every call (diffusers': the first ``channels``, eps)."""
+
+    def __init__(self, module, channels=CHANNELS):
+        self.outputs = []
+        module.register_forward_hook(lambda m, args, out: self.outputs.append(
+            (out[0] if isinstance(out, tuple) else getattr(out, "sample", out))[:, :channels].detach().clone()))
+
+
+def theirs_latents(pipe):
+    return pipe.seen_latents[0]
+
+
+def last_latents(pipe):
+    """diffusers' final latents: what its pipeline hands the VAE, times the scaling factor."""
+    seen, decode = [], pipe.vae.decode
+
+    def spy(z, *args, **kwargs):
+        seen.append(z * pipe.vae.config.scaling_factor)
+        return decode(z, *args, **kwargs)
+    pipe.vae.decode = spy
+    return seen
+
+
+def latent_tol(latents) -> float:
+    """1e-4, or 1e-6 of the latents' largest magnitude where a random network's latents run far
+    above a trained one's unit scale (float32 itself resolves only 1.5e-5 at 128)."""
+    return max(LATENT_TOL, 1e-6 * latents.abs().max().item())
+
+
+def compare(name, theirs_pipe, run_theirs, ours_pipe, run_ours):
+    """Run both; returns the max-abs differences (network outputs, latents, 8-bit pixels)."""
+    theirs_net, ours_net = Recorder(theirs_pipe.transformer), Recorder(ours_pipe.model)
+    seen = theirs_pipe.seen_latents = last_latents(theirs_pipe)
+    expected_images = np.stack([np.asarray(im) for im in run_theirs()])
+    got_latents = run_ours()
+    got_images = np.stack([np.asarray(im) for im in to_pil(ours_pipe.decode(got_latents))])
+    assert len(theirs_net.outputs) == len(ours_net.outputs)
+    net = max((a - b).abs().max().item() for a, b in zip(ours_net.outputs, theirs_net.outputs))
+    lat = (got_latents - seen[0]).abs().max().item()
+    pix = np.abs(got_images.astype(int) - expected_images.astype(int)).max()
+    print(f"\n{name}: network outputs {net:.3g} over {len(ours_net.outputs)} calls, final latents {lat:.3g} "
+          f"(mean abs {seen[0].abs().mean():.3g}), 8-bit pixels {pix}")
+    assert seen[0].abs().mean() > 0.1
+    return net, lat, pix
+
+
+# ------------------------------------------------------------------------------------- DiT
+
+def dit_folder(tmp_path, scheduler, learned_sigma=True):
+    torch.manual_seed(0)
+    # DiTPipeline's null class is the literal 1000 (ImageNet's): the label table needs 1000 classes
+    config = {**DIT, "num_embeds_ada_norm": 1000, "out_channels": CHANNELS * (1 + learned_sigma)}
+    transformer = tie_embedders(randomize(DiTTransformer2DModel(**config)))
+    pipe = DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=scheduler)
+    pipe.save_pretrained(tmp_path / "dit")
+    return pipe, tmp_path / "dit"
+
+
+SCHEDULERS = {
+    "ddim": lambda: DDIMScheduler(clip_sample=False),  # DiT-XL-2's: linear betas, leading spacing
+    "dpm": lambda: DPMSolverMultistepScheduler(),  # ++(2M), linspace over steps + 1, final step into 0
+    "ddim-trailing-no-alpha-one": lambda: DDIMScheduler(clip_sample=False, timestep_spacing="trailing",
+                                                        set_alpha_to_one=False),
+    "dpm-scaled-leading-offset": lambda: DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                                                     beta_end=0.012, timestep_spacing="leading",
+                                                                     steps_offset=1),
+}
+
+
+@pytest.mark.parametrize("scheduler, learned_sigma, steps, guidance", [
+    ("ddim", True, 8, 4.0), ("dpm", True, 6, 4.0), ("dpm", False, 5, 1.0), ("ddim", False, 4, 1.5),
+    ("ddim-trailing-no-alpha-one", True, 5, 3.0), ("dpm-scaled-leading-offset", True, 7, 2.0),
+])
+def test_dit_pipeline_matches_diffusers(tmp_path, scheduler, learned_sigma, steps, guidance):
+    theirs, folder = dit_folder(tmp_path, SCHEDULERS[scheduler](), learned_sigma)
+    ours = mmdiff.pipeline("image", model=folder)
+    labels = [1, 3, 9]
+    latents = torch.randn(3, CHANNELS, 8, 8, generator=torch.manual_seed(11))  # what diffusers draws from seed 11
+
+    def run_theirs():
+        return theirs(labels, guidance_scale=guidance, num_inference_steps=steps, generator=torch.manual_seed(11)).images
+
+    def run_ours():
+        return ours(labels, guidance_scale=guidance, num_inference_steps=steps, latents=latents, output_type="latent",
+                    progress=False)
+
+    net, lat, pix = compare(f"DiTPipeline {scheduler}, learned sigma {learned_sigma}, {steps} steps, guidance "
+                            f"{guidance}", theirs, run_theirs, ours, run_ours)
+    assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs)) and pix == 0
+    assert ours.config.sampler == {"ddim": "ddim", "dpm": "dpmpp_2m"}[scheduler.split("-")[0]]
+
+
+@pytest.mark.parametrize("make, steps", [(SCHEDULERS["ddim"], [1, 7, 50, 61]), (SCHEDULERS["dpm"], [1, 7, 20, 25]),
+                                         (SCHEDULERS["ddim-trailing-no-alpha-one"], [3, 9]),
+                                         (SCHEDULERS["dpm-scaled-leading-offset"], [4, 30]),
+                                         (lambda: EulerDiscreteScheduler(), [10, 33]),
+                                         (lambda: EulerDiscreteScheduler(timestep_spacing="leading"), [10])])
+def test_scheduler_grid_is_diffusers_own(make, steps):
+    """The noise levels and model timesteps of our grid are those diffusers steps through."""
+    scheduler = make()
+    settings = scheduler_settings({"_class_name": type(scheduler).__name__, **scheduler.config})
+    ac = scheduler.alphas_cumprod.double()
+    table = ((1 - ac) / ac).sqrt()
+    assert torch.equal(settings.schedule.alphas_cumprod, scheduler.alphas_cumprod.double())  # float32, bit for bit
+    for n in steps:
+        scheduler.set_timesteps(n)
+        ours = settings.schedule.sigmas(n, settings.spacing, dtype=torch.float64)
+        t = scheduler.timesteps.double()
+        expected = torch.from_numpy(np.interp(t.numpy(), np.arange(len(table)), table.numpy()))
+        assert torch.allclose(ours[:n], expected, rtol=1e-12), (type(scheduler).__name__, n)
+        assert torch.allclose(settings.schedule.timestep(ours[:n]), t, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ errors
+
+def test_unsupported_pipeline_names_the_supported_ones(tmp_path):
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                           "unet": ["diffusers", "UNet2DConditionModel"]}))
+    with pytest.raises(CheckpointError, match="StableDiffusionPipeline.*DiTPipeline, PixArtAlphaPipeline, "
+                                              "PixArtSigmaPipeline"):
+        mmdiff.pipeline("image", model=tmp_path / "sd")
+    unet = tmp_path / "lone-unet"
+    unet.mkdir()
+    (unet / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    with pytest.raises(CheckpointError, match="UNet2DConditionModel.*DiTTransformer2DModel"):
+        mmdiff.pipeline("image", model=unet)
+
+
+def test_unsupported_scheduler_settings_are_refused():
+    with pytest.raises(CheckpointError, match=r"clip_sample': True"):
+        scheduler_settings({"_class_name": "DDIMScheduler"})  # DDIM clips x0 unless told not to
+    with pytest.raises(CheckpointError, match="PNDMScheduler.*DDIMScheduler"):
+        scheduler_settings({"_class_name": "PNDMScheduler"})
