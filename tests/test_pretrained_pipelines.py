@@ -65,19 +65,27 @@ def latent_tol(latents) -> float:
     return max(LATENT_TOL, 1e-6 * latents.abs().max().item())
 
 
-def compare(name, theirs_pipe, run_theirs, ours_pipe, run_ours):
-    """Run both; returns the max-abs differences (network outputs, latents, 8-bit pixels)."""
+def compare(name, theirs_pipe, run_theirs, ours_pipe, run_ours, uncond_first=False):
+    """Run both; returns the max-abs differences (network outputs, latents, 8-bit pixels).
+    ``uncond_first``: diffusers batches the unconditional half first (PixArt), mmdiff second."""
     theirs_net, ours_net = Recorder(theirs_pipe.transformer), Recorder(ours_pipe.model)
     seen = theirs_pipe.seen_latents = last_latents(theirs_pipe)
     expected_images = np.stack([np.asarray(im) for im in run_theirs()])
     got_latents = run_ours()
     got_images = np.stack([np.asarray(im) for im in to_pil(ours_pipe.decode(got_latents))])
     assert len(theirs_net.outputs) == len(ours_net.outputs)
+    if uncond_first:
+        theirs_net.outputs = [torch.cat(o.chunk(2)[::-1]) if len(o) == 2 * len(got_latents) else o
+                              for o in theirs_net.outputs]
     net = max((a - b).abs().max().item() for a, b in zip(ours_net.outputs, theirs_net.outputs))
     lat = (got_latents - seen[0]).abs().max().item()
-    pix = np.abs(got_images.astype(int) - expected_images.astype(int)).max()
+    off = np.abs(got_images.astype(int) - expected_images.astype(int))
+    pix = off.max()
     print(f"\n{name}: network outputs {net:.3g} over {len(ours_net.outputs)} calls, final latents {lat:.3g} "
-          f"(mean abs {seen[0].abs().mean():.3g}), 8-bit pixels {pix}")
+          f"(mean abs {seen[0].abs().mean():.3g}), 8-bit pixels {pix} ({(off > 0).sum()} of {off.size} differ)")
+    # a value one rounding away from a .5 boundary: float32 latents of magnitude ~1e3 (a random
+    # network at guidance 4.5) carry 6e-5 of rounding, which can flip one pixel; never more than 1 step
+    assert pix <= 1 and (off > 0).mean() < 1e-4
     assert seen[0].abs().mean() > 0.1
     return net, lat, pix
 
@@ -124,7 +132,7 @@ def test_dit_pipeline_matches_diffusers(tmp_path, scheduler, learned_sigma, step
 
     net, lat, pix = compare(f"DiTPipeline {scheduler}, learned sigma {learned_sigma}, {steps} steps, guidance "
                             f"{guidance}", theirs, run_theirs, ours, run_ours)
-    assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs)) and pix == 0
+    assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs))
     assert ours.config.sampler == {"ddim": "ddim", "dpm": "dpmpp_2m"}[scheduler.split("-")[0]]
 
 
@@ -170,3 +178,72 @@ def test_unsupported_scheduler_settings_are_refused():
         scheduler_settings({"_class_name": "DDIMScheduler"})  # DDIM clips x0 unless told not to
     with pytest.raises(CheckpointError, match="PNDMScheduler.*DDIMScheduler"):
         scheduler_settings({"_class_name": "PNDMScheduler"})
+
+
+# ---------------------------------------------------------------------------------- PixArt
+
+def pixart_folder(tmp_path, cls, **transformer):
+    torch.manual_seed(0)
+    model = randomize(PixArtTransformer2DModel(**{**PIXART, **transformer}))
+    pipe = cls(tokenizer=None, text_encoder=None, vae=tiny_vae(), transformer=model,
+               scheduler=DPMSolverMultistepScheduler())  # the hub repos' scheduler
+    pipe.save_pretrained(tmp_path / cls.__name__)
+    return pipe, tmp_path / cls.__name__
+
+
+def caption_embeddings(batch, tokens=6, seed=5):
+    """T5 states with their padding masks, as a tokenizer padded to max_length leaves them."""
+    g = torch.Generator().manual_seed(seed)
+    width = PIXART["caption_channels"]
+    embeds, negative = torch.randn(batch, tokens, width, generator=g), torch.randn(batch, tokens, width, generator=g)
+    mask = torch.tensor([[1] * tokens, [1, 1, 1, 0, 0, 0]])[:batch]
+    negative_mask = torch.tensor([[1, 0, 0, 0, 0, 0]] * batch)  # "": just the end token
+    return dict(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt_embeds=negative,
+                negative_prompt_attention_mask=negative_mask)
+
+
+@pytest.mark.parametrize("cls, transformer, size, steps, guidance", [
+    # PixArt-alpha 1024's layout: sample_size 128 (micro-conditions on), a coarse patch keeps it tiny
+    (PixArtAlphaPipeline, dict(sample_size=128, patch_size=8, interpolation_scale=2), (256, 256), 6, 4.5),
+    # PixArt-Sigma: no micro-conditions; a wide picture off the trained grid (interpolated positions)
+    (PixArtSigmaPipeline, dict(sample_size=8, interpolation_scale=1), (16, 24), 5, 3.0),
+    (PixArtAlphaPipeline, dict(sample_size=8), (16, 16), 4, 1.0),
+])
+def test_pixart_pipeline_matches_diffusers(tmp_path, cls, transformer, size, steps, guidance):
+    theirs, folder = pixart_folder(tmp_path, cls, **transformer)
+    ours = mmdiff.pipeline("image", model=folder)
+    assert ours.model.config.size_conditioning == (transformer["sample_size"] == 128)
+    h, w = size
+    latents = torch.randn(2, CHANNELS, h // 2, w // 2, generator=torch.manual_seed(3))
+    embeds = caption_embeddings(2)
+
+    def run_theirs():
+        return theirs(**embeds, negative_prompt=None, guidance_scale=guidance, num_inference_steps=steps,
+                      latents=latents.clone(), height=h,
+                      width=w, use_resolution_binning=False).images
+
+    def run_ours():
+        return ours(**embeds, guidance_scale=guidance, num_inference_steps=steps, latents=latents, height=h, width=w,
+                    output_type="latent", progress=False)
+
+    net, lat, pix = compare(f"{cls.__name__} {transformer}, {h}x{w}, {steps} steps, guidance {guidance}", theirs,
+                            run_theirs, ours, run_ours, uncond_first=True)
+    assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs))
+    assert ours.config.sampler == "dpmpp_2m" and ours.config.steps == 20 and ours.config.guidance_scale == 4.5
+
+
+def test_pixart_without_text_encoder_needs_embeddings(tmp_path):
+    _, folder = pixart_folder(tmp_path, PixArtSigmaPipeline)
+    ours = mmdiff.pipeline("image", model=folder)
+    with pytest.raises(ValueError, match="no text encoder: pass prompt_embeds"):
+        ours(prompt="a cat", num_inference_steps=2)
+    embeds = caption_embeddings(2)
+    with pytest.raises(ValueError, match="guidance_scale != 1 needs an unconditional input"):
+        ours(prompt_embeds=embeds["prompt_embeds"], num_inference_steps=2, guidance_scale=3.0)
+    with pytest.raises(ValueError, match=r"prompt_attention_mask must be shaped \(2, 6\)"):
+        ours(prompt_embeds=embeds["prompt_embeds"], prompt_attention_mask=torch.ones(2, 5), num_inference_steps=2,
+             guidance_scale=1.0)
+    with pytest.raises(ValueError, match=r"prompt_embeds must be a \(B, M, 20\) tensor"):
+        ours(prompt_embeds=torch.zeros(2, 6, 7), num_inference_steps=2, guidance_scale=1.0)
+    with pytest.raises(ValueError, match=r"latents must be shaped \(2, 4, 8, 8\)"):
+        ours(**embeds, num_inference_steps=2, latents=torch.zeros(1, 4, 8, 8))
