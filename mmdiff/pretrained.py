@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .core.checkpoint import CONFIG_NAME, CheckpointError, read_config_json
+from .core.checkpoint import CONFIG_NAME, PICKLE_SUFFIXES, CheckpointError, read_config_json
 from .core.schedules import DiscreteSchedule, Schedule
 
 MODEL_INDEX = "model_index.json"
@@ -79,6 +79,11 @@ def _load(cls, folder: Path):
         if (folder.parent / MODEL_INDEX).is_file():  # a pipeline's transformer/: the whole pipeline
             return _load(cls, folder.parent)
         return _pick(MODEL_LOADERS, config["_class_name"], cls, folder, "model").load(cls, folder, config)
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(f"{folder} holds pickle file(s) {pickles} and no pipeline.json; mmdiff never unpickles "
+                              f"implicitly. An original DiT/SiT checkpoint converts explicitly: python -m mmdiff.convert "
+                              f"{folder / pickles[0]} OUT_FOLDER (--kind sit for SiT)")
     raise CheckpointError(f"{folder / 'pipeline.json'} is missing: {folder} is neither a pipeline folder written by "
                           f"save_pretrained nor a diffusers one ({MODEL_INDEX}, or a model's {CONFIG_NAME} with "
                           f"_class_name); it holds {sorted(p.name for p in folder.iterdir())}")

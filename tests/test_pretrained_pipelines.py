@@ -7,16 +7,23 @@ the network's outputs at every step (<= 1e-5), the final latents (<= 1e-4) and t
 pictures. The measured max-abs differences are printed (``pytest -s``).
 """
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
+from diffusers import (AutoencoderKL, Transformer2DModel, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
                        EulerDiscreteScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel)
-from test_pretrained_dit import CHANNELS, DIT, PIXART, randomize, tie_embedders
+from test_pretrained_dit import (CHANNELS, CLASSES, DIT, PIXART, SIZE, dit_inputs, original_layout, original_reference,
+                                 randomize, tie_embedders)
 
 import mmdiff
 from mmdiff.core.checkpoint import CheckpointError
+from mmdiff.core.dit import DiT
+from mmdiff.core.schedules import schedule_config
 from mmdiff.media import to_pil
 from mmdiff.pretrained import scheduler_settings
 
@@ -247,3 +254,143 @@ def test_pixart_without_text_encoder_needs_embeddings(tmp_path):
         ours(prompt_embeds=torch.zeros(2, 6, 7), num_inference_steps=2, guidance_scale=1.0)
     with pytest.raises(ValueError, match=r"latents must be shaped \(2, 4, 8, 8\)"):
         ours(**embeds, num_inference_steps=2, latents=torch.zeros(1, 4, 8, 8))
+
+
+# -------------------------------------------------------------------- exports and legacy names
+
+def test_a_loaded_pipeline_exports_to_our_format_and_samples_the_same(tmp_path):
+    _, folder = dit_folder(tmp_path, SCHEDULERS["ddim-trailing-no-alpha-one"]())
+    ours = mmdiff.pipeline("image", model=folder)
+    again = mmdiff.pipeline("image", model=ours.save_pretrained(tmp_path / "export"))
+    assert (tmp_path / "export" / "pipeline.json").is_file()
+    assert schedule_config(again.schedule) == schedule_config(ours.schedule) and again.schedule.final_level == "first"  # the diffusers options kept
+    latents = torch.randn(2, CHANNELS, 8, 8, generator=torch.manual_seed(1))
+    run = dict(class_labels=[2, 5], num_inference_steps=4, latents=latents, output_type="latent", progress=False)
+    assert torch.equal(ours(**run), again(**run))
+    assert isinstance(DiT.from_pretrained(folder / "transformer"), DiT)  # the network alone, from diffusers' folder
+
+
+def test_the_legacy_transformer2d_class_loads_as_the_hub_repos_ship_it(tmp_path):
+    torch.manual_seed(0)
+    legacy = Transformer2DModel(**{**DIT, "num_embeds_ada_norm": 1000}, out_channels=2 * CHANNELS, attention_bias=True,
+                                activation_fn="gelu-approximate", norm_type="ada_norm_zero", norm_elementwise_affine=False)
+    theirs = DiTPipeline(transformer=tie_embedders(randomize(legacy)), vae=tiny_vae(),
+                         scheduler=DDIMScheduler(clip_sample=False))
+    theirs.save_pretrained(tmp_path / "dit")
+    assert json.loads((tmp_path / "dit" / "transformer" / "config.json").read_text())["_class_name"] == \
+        "Transformer2DModel"
+    ours = mmdiff.pipeline("image", model=tmp_path / "dit")
+    latents = torch.randn(2, CHANNELS, 8, 8, generator=torch.manual_seed(4))
+    net, lat, _ = compare("DiTPipeline, legacy Transformer2DModel", theirs,
+                          lambda: theirs([0, 7], num_inference_steps=4, generator=torch.manual_seed(4)).images, ours,
+                          lambda: ours([0, 7], num_inference_steps=4, latents=latents, output_type="latent",
+                                       progress=False))
+    assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs))
+
+
+def test_a_misshapen_tensor_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, folder = dit_folder(tmp_path, SCHEDULERS["ddim"]())
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    tensors["transformer_blocks.1.attn1.to_k.weight"] = torch.zeros(32, 31)
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointError, match=r"'transformer_blocks\.1\.attn1\.to_k\.weight' has shape \(32, 31\), "
+                                              r"the config implies \(32, 32\)"):
+        mmdiff.pipeline("image", model=folder)
+
+
+# ------------------------------------------------------------------ original checkpoints (CLI)
+
+def diffusers_vae_folder(tmp_path) -> Path:
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    return tmp_path / "vae"
+
+
+def run_convert(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mmdiff.convert", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
+
+
+def test_convert_an_original_dit_checkpoint_with_the_cli(tmp_path):
+    reference = original_reference()
+    torch.save({"model": {}, "ema": original_layout(reference)}, tmp_path / "DiT-tiny.pt")  # a training checkpoint
+    done = run_convert(tmp_path / "DiT-tiny.pt", tmp_path / "out", "--num-heads", 2, "--vae",
+                       diffusers_vae_folder(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert not list((tmp_path / "out").rglob("*.pt")) and list((tmp_path / "out").rglob("*.safetensors"))
+    pipe = mmdiff.pipeline("image", model=tmp_path / "out")
+    x, t, y = dit_inputs()
+    with torch.no_grad():
+        diff = (pipe.model(x, t, y) - reference(x, t, y).sample[:, :CHANNELS]).abs().max().item()
+    print(f"\nconverted original DiT .pt through the CLI: max abs difference {diff:.3g}")
+    assert diff <= NET_TOL
+    assert pipe.model.null_class == CLASSES and pipe.config.prediction == "eps" and pipe.config.guidance_scale == 4.0
+    images = pipe([1, 2], num_inference_steps=3, output_type="pt", progress=False)
+    assert images.shape == (2, 3, 2 * SIZE, 2 * SIZE) and bool(torch.isfinite(images).all())
+
+
+def test_convert_a_sit_checkpoint_samples_as_a_flow_model(tmp_path):
+    torch.save(original_layout(original_reference(seed=4)), tmp_path / "SiT-tiny.pt")
+    done = run_convert(tmp_path / "SiT-tiny.pt", tmp_path / "out", "--kind", "sit", "--num-heads", 2, "--vae", "none")
+    assert done.returncode == 0, done.stderr
+    pipe = mmdiff.pipeline("image", model=tmp_path / "out")
+    assert pipe.config.prediction == "flow" and type(pipe.schedule).__name__ == "FlowSchedule"
+    assert pipe.model.config.timestep_scale == 1 / pipe.schedule.num_timesteps
+
+
+def test_convert_errors_are_one_line(tmp_path):
+    torch.save({"ema": {}, "args": Path("x")}, tmp_path / "code.pt")
+    done = run_convert(tmp_path / "code.pt", tmp_path / "out", "--vae", "none")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("mmdiff convert: error:") and "not a plain tensor checkpoint" in done.stderr
+    from mmdiff.convert import main
+    assert main([str(tmp_path / "missing.pt"), str(tmp_path / "out")]) == 1
+    assert main(["--kind", "unet", "a.pt", "b"]) == 2  # argparse's own message and code
+
+
+def test_a_pickle_is_never_loaded_without_the_convert_step(tmp_path):
+    folder = tmp_path / "downloaded"
+    folder.mkdir()
+    torch.save(original_layout(original_reference()), folder / "DiT-XL-2-256x256.pt")
+    for model in (folder, folder / "DiT-XL-2-256x256.pt"):
+        with pytest.raises(CheckpointError, match="never unpickles implicitly.*python -m mmdiff.convert"):
+            mmdiff.pipeline("image", model=model)
+
+
+# ------------------------------------------------------------------------ the Hub cache, offline
+
+OFFLINE_SCRIPT = """
+import os, socket, sys
+def refuse(*args, **kwargs):
+    raise AssertionError(f"network call: connect{args[1:]}")
+socket.socket.connect = socket.socket.connect_ex = refuse
+socket.create_connection = refuse
+import mmdiff
+from mmdiff.core.checkpoint import CheckpointError
+pipe = mmdiff.pipeline("image", model="tiny-org/tiny-dit")  # cached: no network call, even online
+print("loaded", type(pipe.model).__name__, pipe.config.sampler)
+os.environ["HF_HUB_OFFLINE"] = "1"
+try:
+    mmdiff.pipeline("image", model="tiny-org/not-cached")
+except CheckpointError as e:
+    print("refused:", e)
+"""
+
+
+def test_a_cached_hub_repo_loads_without_any_network_call(tmp_path):
+    """huggingface_hub's cache layout (models--org--name/refs/main -> snapshots/<commit>/...)
+    under a temporary HF_HOME; sockets refuse to connect in the child process."""
+    _, folder = dit_folder(tmp_path, SCHEDULERS["dpm"]())
+    repo = tmp_path / "hf" / "hub" / "models--tiny-org--tiny-dit"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    folder.rename(repo / "snapshots" / commit) if (repo / "snapshots").mkdir() is None else None
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded DiT dpmpp_2m" in done.stdout
+    assert "refused: 'tiny-org/not-cached' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in done.stdout

@@ -314,6 +314,12 @@ def hub_snapshot(repo_id: str) -> Path:
 
 # ----------------------------------------------------------------------------- the mixin
 
+# Other libraries' model folders a class reads too, by their config's ``_class_name`` (diffusers
+# writes one; mmdiff writes ``_class``): class name -> (our class, reader(folder, dtype=, device=)).
+# Components register theirs (components.converters: diffusers' DiT classes -> DiT).
+FOREIGN_MODELS: dict[str, tuple[type, Any]] = {}
+
+
 class PretrainedMixin:
     """``save_pretrained``/``from_pretrained`` for an ``nn.Module`` built as ``cls(config)``."""
 
@@ -338,6 +344,9 @@ class PretrainedMixin:
                                       f"loads only {WEIGHTS_NAME}. An original DiT/SiT checkpoint converts with "
                                       f"python -m mmdiff.convert {p} OUT_FOLDER; remove anything else")
         raw = read_config_json(folder)
+        target, reader = FOREIGN_MODELS.get(raw.get("_class_name"), (None, None))
+        if reader is not None and issubclass(target, cls):
+            return reader(folder, dtype=dtype, device=device)
         saved_class = raw.get("_class")
         if saved_class is not None and saved_class != cls.__name__:
             raise CheckpointError(f"{folder / CONFIG_NAME} describes a {saved_class}, not a {cls.__name__}")
