@@ -2,14 +2,20 @@
 
 A tiny LatteTransformer3DModel with random weights (every parameter, so no zero-init hides a wrong
 mapping) is saved with ``save_pretrained``, loaded by mmdiff and run next to diffusers in float32 on
-the same inputs: padded captions, a single frame, frames of another size. The measured max-abs
+the same inputs: padded captions, a single frame, frames of another size. Then whole LattePipeline
+folders (tiny AutoencoderKL, T5 encoder and tokenizer; DDIM and DPM-Solver++) sample the same
+latents and 8-bit frames from the same noise as diffusers' own pipeline. The measured max-abs
 differences are printed (``pytest -s``).
 """
 import inspect
 
+import numpy as np
+
 import pytest
 import torch
-from diffusers import LatteTransformer3DModel
+from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, LattePipeline, LatteTransformer3DModel
+
+import mmdiff
 
 from mmdiff.components.latte import LATTE_1, LATTE_DEFAULTS, convert_latte, latte_config, load_latte_transformer
 from mmdiff.core.checkpoint import CheckpointError
@@ -117,3 +123,121 @@ def test_latte_1_converts_on_meta_with_diffusers_parameter_count():
     assert (config.depth, config.hidden_size, config.patch.size) == (56, 1152, (16, 64, 64))
     assert sum(v.numel() for k, v in tensors.items() if not k.startswith("patcher.")) == \
         sum(p.numel() for p in theirs.parameters())
+
+
+# ----------------------------------------------------------------------------- LattePipeline folders
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "runs", "on", "the", "beach", "cat", "sleeps"]
+VAE = dict(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2, norm_num_groups=4,
+           up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=CHANNELS,
+           scaling_factor=0.3611, sample_size=16)
+SCHEDULERS = {"ddim": lambda: DDIMScheduler(clip_sample=False), "dpm": lambda: DPMSolverMultistepScheduler()}
+
+
+def text_parts(folder):
+    """A tiny T5 encoder (width CAPTION) and a word-level tokenizer that pads: the caption path of
+    Latte-1 (T5 + its tokenizer) at toy size."""
+    from transformers import BertTokenizer, T5Config, T5EncoderModel
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(WORDS))
+    torch.manual_seed(1)
+    encoder = T5EncoderModel(T5Config(vocab_size=len(WORDS), d_model=CAPTION, d_kv=6, num_heads=2, num_layers=1,
+                                      d_ff=24)).eval()
+    return BertTokenizer(str(folder / "vocab.txt")), encoder
+
+
+def latte_folder(tmp_path, scheduler: str):
+    torch.manual_seed(0)
+    transformer = randomize(LatteTransformer3DModel(**LATTE))
+    torch.manual_seed(7)
+    vae = AutoencoderKL(**VAE).eval()
+    with torch.no_grad():  # off the identity init, so a misplaced scale would show
+        for p in vae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tokenizer, encoder = text_parts(tmp_path / "words")
+    pipe = LattePipeline(tokenizer=tokenizer, text_encoder=encoder, vae=vae, transformer=transformer,
+                         scheduler=SCHEDULERS[scheduler]())
+    pipe.save_pretrained(tmp_path / "latte")
+    return pipe, tmp_path / "latte"
+
+
+class Outputs:
+    """The eps outputs of a network at every call, in our layout (B, T, C, h, w)."""
+
+    def __init__(self, module, theirs: bool):
+        self.seen = []
+
+        def hook(m, args, out):
+            out = out[0] if isinstance(out, tuple) else getattr(out, "sample", out)
+            self.seen.append((out[:, :CHANNELS].transpose(1, 2) if theirs else out).detach().clone())
+        module.register_forward_hook(hook)
+
+
+def run_pair(theirs, ours, steps, guidance, **call):
+    """Both pipelines on the same noise: max-abs differences of the network outputs (every call),
+    the final latents and the 8-bit frames."""
+    prompt = call.get("prompt")
+    batch = len(call["prompt_embeds"]) if "prompt_embeds" in call else len(prompt) if isinstance(prompt, list) else 1
+    latents = torch.randn(batch, CHANNELS, FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(11))
+    net_theirs, net_ours = Outputs(theirs.transformer, True), Outputs(ours.model, False)
+    args = dict(num_inference_steps=steps, guidance_scale=guidance, latents=latents)
+    with torch.no_grad():
+        expected = theirs(**call, **args, video_length=FRAMES, output_type="latent").frames
+        frames_theirs = theirs(**call, **args, video_length=FRAMES, output_type="pil").frames
+    got = ours(**call, **args, num_frames=FRAMES, output_type="latent", progress=False)
+    frames_ours = ours(**call, **args, num_frames=FRAMES, decode_chunk_size=3, progress=False).frames
+    half = len(net_theirs.seen) // 2  # two runs each; diffusers batches the unconditional half first
+    if guidance > 1:
+        net_theirs.seen = [torch.cat(o.chunk(2)[::-1]) for o in net_theirs.seen]
+    net = max((a - b).abs().max().item() for a, b in zip(net_ours.seen[:half], net_theirs.seen[:half]))
+    # relative to the latents' scale: a random network's run far above a trained one's (to 1e3 at
+    # guidance 4, where float32 resolves only 6e-5); 1e-4 absolute at unit scale
+    lat = (got - expected).abs().max().item() / max(1.0, expected.abs().max().item())
+    pixels = np.abs(np.stack([[np.asarray(f, dtype=int) for f in v] for v in frames_ours])
+                    - np.stack([[np.asarray(f, dtype=int) for f in v] for v in frames_theirs]))
+    print(f"\nLattePipeline: network {net:.3g} over {half} calls, final latents {lat:.3g} relative to max abs "
+          f"{expected.abs().max():.3g}, 8-bit frames: max {pixels.max()}, {(pixels > 0).sum()} of {pixels.size} differ")
+    assert expected.abs().mean() > 0.1 and len(net_ours.seen) == len(net_theirs.seen)
+    return net, lat, pixels
+
+
+@pytest.mark.parametrize("scheduler, prompt, steps, guidance", [
+    ("ddim", "A dog runs on the beach", 6, 4.0),  # one prompt: diffusers cuts captions to its tokens
+    ("dpm", ["a cat sleeps", "a dog runs on the beach"], 5, 3.0),  # several: padding states zeroed
+    ("dpm", "a cat", 4, 1.0),  # unguided
+])
+def test_latte_pipeline_matches_diffusers(tmp_path, scheduler, prompt, steps, guidance):
+    theirs, folder = latte_folder(tmp_path, scheduler)
+    ours = mmdiff.pipeline("video", model=folder)
+    assert ours.config.sampler == {"ddim": "ddim", "dpm": "dpmpp_2m"}[scheduler]
+    net, lat, pixels = run_pair(theirs, ours, steps, guidance, prompt=prompt)
+    assert net <= TOL and lat <= 1e-4
+    assert pixels.max() <= 1 and (pixels > 0).mean() < 1e-3  # 8-bit: at most a rounding boundary apart
+
+
+def test_latte_pipeline_with_prompt_embeds(tmp_path):
+    """Given embeddings (a padded caption's states, zeros past its tokens, as Latte leaves them) and
+    negative ones: diffusers attends to all of them, so does the loaded pipeline."""
+    theirs, folder = latte_folder(tmp_path, "ddim")
+    ours = mmdiff.pipeline("video", model=folder)
+    g = torch.Generator().manual_seed(5)
+    embeds, negative = torch.randn(2, 7, CAPTION, generator=g), torch.randn(2, 7, CAPTION, generator=g)
+    embeds[1, 4:] = 0
+    net, lat, pixels = run_pair(theirs, ours, 5, 2.5, prompt_embeds=embeds, negative_prompt_embeds=negative,
+                                negative_prompt=None)
+    assert net <= TOL and lat <= 1e-4 and pixels.max() <= 1
+
+
+def test_bare_latte_transformer_folder_and_wrong_task(tmp_path):
+    theirs, folder = latte_folder(tmp_path, "ddim")
+    bare = mmdiff.pipeline("video", model=folder / "transformer")  # a pipeline's transformer/: the whole pipeline
+    assert "text_encoder" in bare.components
+    torch.manual_seed(0)
+    LatteTransformer3DModel(**LATTE).save_pretrained(tmp_path / "alone")
+    alone = mmdiff.pipeline("video", model=tmp_path / "alone")
+    embeds = torch.randn(1, 5, CAPTION)
+    latents = alone(prompt_embeds=embeds, num_inference_steps=2, guidance_scale=1.0, output_type="latent",
+                    progress=False)
+    assert latents.shape == (1, CHANNELS, FRAMES, SIZE, SIZE)  # Latte's layout
+    with pytest.raises(CheckpointError, match="'video' pipeline.*mmdiff.pipeline\\('video'"):
+        mmdiff.pipeline("image", model=folder)

@@ -93,17 +93,17 @@ def test_image_to_video_with_a_prompt(pipe):
 
 
 def test_bad_text_inputs_name_the_argument(pipe):
-    with pytest.raises(ValueError, match=r"prompt_embeds must be a float tensor \(B, M, 16\)"):
+    with pytest.raises(ValueError, match=r"prompt_embeds must be a \(B, M, 16\) tensor"):
         call(pipe, prompt_embeds=torch.zeros(1, 8, 12))
-    with pytest.raises(ValueError, match="negative_prompt_embeds must be shaped like prompt_embeds"):
-        call(pipe, prompt_embeds=torch.zeros(1, 8, 16), negative_prompt_embeds=torch.zeros(1, 6, 16))
-    with pytest.raises(ValueError, match="prompt_embeds alone"):
+    with pytest.raises(ValueError, match=r"negative_prompt_embeds must be a \(B, M, 16\) tensor"):
+        call(pipe, prompt_embeds=torch.zeros(1, 8, 16), negative_prompt_embeds=torch.zeros(1, 8, 12))
+    with pytest.raises(ValueError, match="pass prompt or prompt_embeds, not both"):
         call(pipe, prompt="a video of the digit 1", prompt_embeds=torch.zeros(1, 8, 16))
+    with pytest.raises(ValueError, match="2 prompts"):
+        call(pipe, prompt=["a video of the digit 1"] * 2, num_videos=3)
     labelled = mmdiff.pipeline("video")  # the shipped class-conditional model
     with pytest.raises(ValueError, match="not trained with a text encoder"):
         labelled(prompt="a video of the digit 1", num_inference_steps=2, progress=False)
-    with pytest.raises(ValueError, match="attends to no text"):
-        labelled(prompt_embeds=torch.zeros(1, 8, 16), num_inference_steps=2, progress=False)
 
 
 def test_captions_next_to_videos_are_the_prompts(tmp_path):

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from mmdiff.core.checkpoint import CheckpointError, check_state_dict, load_tensors, read_config_json
+from mmdiff.core.checkpoint import FOREIGN_MODELS, CheckpointError, check_state_dict, load_tensors, read_config_json
 from mmdiff.core.dit import SIZES, DiT, DiTConfig, timestep_frequencies
 from mmdiff.core.patch import PatchConfig, build_patcher
 
@@ -445,3 +445,7 @@ def build_dit(config: DiTConfig, tensors: dict[str, Tensor], *, dtype: torch.dty
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
     return model.eval()
+
+
+# ``DiT.from_pretrained(folder)`` reads a diffusers transformer folder too
+FOREIGN_MODELS.update({name: (DiT, load_diffusers_transformer) for name in SUPPORTED_CLASSES})
