@@ -239,5 +239,7 @@ def test_bare_latte_transformer_folder_and_wrong_task(tmp_path):
     latents = alone(prompt_embeds=embeds, num_inference_steps=2, guidance_scale=1.0, output_type="latent",
                     progress=False)
     assert latents.shape == (1, CHANNELS, FRAMES, SIZE, SIZE)  # Latte's layout
+    with pytest.raises(ValueError, match=r"latents must be Latte's \(B, C, T, h, w\) noise, got \(1, 4, 8, 8\)"):
+        alone(prompt_embeds=embeds, latents=torch.randn(1, CHANNELS, SIZE, SIZE), progress=False)
     with pytest.raises(CheckpointError, match="'video' pipeline.*mmdiff.pipeline\\('video'"):
         mmdiff.pipeline("image", model=folder)
