@@ -8,23 +8,27 @@ The model is maxin-cn/Latte-1's configuration (28 spatial + 28 temporal blocks, 
 captions of 120 tokens), built by diffusers with its random init and converted (``convert_latte``);
 both run the same inputs: a classifier-free-guidance batch of 2, ``--frames`` frames of
 ``--latent`` x ``--latent`` latents. A step is one forward (no grad), timed alternating the two
-(``paired_times``, median of ``--rounds``). Memory: the growth of the process's peak resident set
-during one forward (``/proc/self/clear_refs`` resets the peak first), i.e. the activations; both
-models' weights are resident throughout. The full 16-frame 512-px sample (64x64 latents, 50 steps)
+(``paired_times``, median of ``--rounds``). Memory: each implementation alone in a fresh process
+(its weights random: values do not change cost), the growth of the peak resident set during its
+first forward (``/proc/self/clear_refs`` resets the peak first), i.e. activations and workspace. The full 16-frame 512-px sample (64x64 latents, 50 steps)
 is estimated from the measured step with a count of the multiply-adds at both sizes: on this
 shared CPU a single full-size step takes minutes.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from diffusers import LatteTransformer3DModel
 
 from mmdiff.components.converters import build_dit
-from mmdiff.components.latte import LATTE_1, convert_latte
+from mmdiff.components.latte import LATTE_1, convert_latte, latte_config
+from mmdiff.core.dit import DiT
 from mmdiff.eval.tables import add_clock_option, chosen_clock, machine, paired_times, pin_threads, table, update_section
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -56,6 +60,35 @@ def multiply_adds(frames: int, side: int, caption: int = 120) -> float:
     return layers * (tokens * linear + attention)
 
 
+def inputs(frames: int, latent: int, dtype):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, frames, latent, latent, generator=g, dtype=dtype)  # Latte's layout
+    return x, torch.tensor([500, 500]), torch.randn(2, 120, 4096, generator=g, dtype=dtype)
+
+
+def forward_fn(name: str, model, x, t, caption):
+    if name == "mmdiff":
+        return lambda: model(x.transpose(1, 2), t, context=caption)
+    return lambda: model(x, timestep=t, encoder_hidden_states=caption).sample
+
+
+def one_memory(name: str, frames: int, latent: int, dtype) -> dict:
+    """Peak RSS growth (MB) of one forward of implementation ``name``, alone in this process."""
+    if name == "mmdiff":
+        model = DiT(latte_config(LATTE_1)).eval().to(dtype)
+    else:
+        model = LatteTransformer3DModel(**{k: v for k, v in LATTE_1.items() if k != "_class_name"}).eval().to(dtype)
+    with torch.no_grad():
+        peak = forward_peak_mb(forward_fn(name, model, *inputs(frames, latent, dtype)))
+    return {"name": name, "peak_mb": peak}
+
+
+def memory_isolated(name: str, args) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", name, "--frames", str(args.frames), "--latent",
+                          str(args.latent), "--dtype", args.dtype], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16)
@@ -63,25 +96,27 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--write_docs", action="store_true")
+    parser.add_argument("--one", choices=("mmdiff", "diffusers"), help=argparse.SUPPRESS)
     add_clock_option(parser)
     args = parser.parse_args(argv)
     threads = pin_threads()
     clock = chosen_clock(parser, args, threads)
     dtype = DTYPES[args.dtype]
+    if args.one:
+        print(json.dumps(one_memory(args.one, args.frames, args.latent, dtype)))
+        return
     torch.manual_seed(0)
     theirs = LatteTransformer3DModel(**{k: v for k, v in LATTE_1.items() if k != "_class_name"}).eval()
     ours = build_dit(*convert_latte(LATTE_1, theirs.state_dict()), dtype=dtype)
     theirs.to(dtype)
     params = sum(p.numel() for p in theirs.parameters())
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 4, args.frames, args.latent, args.latent, generator=g, dtype=dtype)  # Latte's layout
-    t, caption = torch.tensor([500, 500]), torch.randn(2, 120, 4096, generator=g, dtype=dtype)
-    fns = {"mmdiff": lambda: ours(x.transpose(1, 2), t, context=caption),
-           "diffusers": lambda: theirs(x, timestep=t, encoder_hidden_states=caption).sample}
+    fns = {"mmdiff": forward_fn("mmdiff", ours, *inputs(args.frames, args.latent, dtype)),
+           "diffusers": forward_fn("diffusers", theirs, *inputs(args.frames, args.latent, dtype))}
     with torch.no_grad():
         diff = (fns["mmdiff"]().transpose(1, 2).float() - fns["diffusers"]()[:, :4].float()).abs().max().item()
-        memory = {k: forward_peak_mb(fn) for k, fn in fns.items()}
         times = {k: statistics.median(v) for k, v in paired_times(fns, args.rounds, warmup=0, clock=clock).items()}
+    del ours, theirs, fns
+    memory = {k: memory_isolated(k, args)["peak_mb"] for k in ("mmdiff", "diffusers")}
     scale = multiply_adds(16, 64) / multiply_adds(args.frames, args.latent)
     rows = [[name, f"{times[name]:.1f}", f"{memory[name]:.0f}", f"{times[name] * scale * 50 / 3600:.1f}"]
             for name in fns]
@@ -99,7 +134,8 @@ def main(argv=None):
             f"denoiser step = one forward of a guidance batch of 2 videos, {args.frames} frames of "
             f"{args.latent}x{args.latent} latents ({args.frames * (args.latent // 2) ** 2} tokens per video), "
             f"120 caption tokens; {args.clock} time, median of {args.rounds} alternating rounds. Forward peak: "
-            "growth of the process's peak RSS during one forward (activations). The last column scales the "
+            "growth of the peak RSS during the first forward, each implementation alone in a fresh process "
+            "(activations and workspace). The last column scales the "
             f"step by the multiply-adds of the real size (16 frames of 64x64 latents: {scale:.0f}x) for "
             "Latte-1's 50-step sample: an estimate, not run here. "
             f"Max abs difference of the two outputs: {diff:.2g} ({args.dtype}). Machine: {machine()}.",

@@ -22,12 +22,14 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import time
 
 import torch
 
-from mmdiff.eval.tables import machine, median_time, pin_threads, table, update_section
+from mmdiff.eval.tables import machine, median_time, paired_times, pin_threads, table, update_section
 from mmdiff.core.attention import Attention
 from mmdiff.core.dit import DiT, DiTConfig
 from mmdiff.core.patch import PatchConfig
@@ -86,9 +88,10 @@ def latte_attention(repeats: int) -> str:
         for t in LATTE_FRAMES:
             x = torch.randn(1, t * LATTE_TOKENS, LATTE_WIDTH)
             grid = (t, LATTE_TOKENS)
-            fac = median_time(lambda: (layer(x, mode="spatial", grid=grid), layer(x, mode="temporal", grid=grid)),
-                              warmup=1, repeats=repeats)
-            joint = median_time(lambda: layer(x, mode="joint", grid=grid), warmup=1, repeats=repeats)
+            times = paired_times({"factorized": lambda: (layer(x, mode="spatial", grid=grid),
+                                                         layer(x, mode="temporal", grid=grid)),
+                                  "joint": lambda: layer(x, mode="joint", grid=grid)}, repeats, clock=time.process_time)
+            fac, joint = (statistics.median(times[k]) for k in ("factorized", "joint"))
             fac_scores = LATTE_HEADS * (t * LATTE_TOKENS**2 + LATTE_TOKENS * t**2)
             joint_scores = LATTE_HEADS * (t * LATTE_TOKENS) ** 2
             rows.append([t, t * LATTE_TOKENS, f"{1000 * fac:.0f}", f"{1000 * joint:.0f}", f"{joint / fac:.2f}",
@@ -123,8 +126,8 @@ def main(argv=None):
                 f"self-attention forward (qkv and output projections included, no grad) of width {LATTE_WIDTH}, "
                 f"{LATTE_HEADS} heads over {LATTE_TOKENS} tokens per frame (Latte-1: 64x64 latents, patch 2), "
                 "batch 1; factorized = a spatial layer (within frames) plus a temporal one (across frames), as "
-                "in one Latte layer pair; joint = one layer over all tokens. Median of "
-                f"{args.repeats} after a warm-up. Score entries: heads x query-key pairs formed. Machine: "
+                "in one Latte layer pair; joint = one layer over all tokens. CPU time, median of "
+                f"{args.repeats} rounds alternating the two after a warm-up. Score entries: heads x query-key pairs formed. Machine: "
                 f"{machine()}; load average {load:.1f} when the run started.",
                 "",
                 text,
