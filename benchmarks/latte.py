@@ -10,7 +10,8 @@ both run the same inputs: a classifier-free-guidance batch of 2, ``--frames`` fr
 ``--latent`` x ``--latent`` latents. A step is one forward (no grad), timed alternating the two
 (``paired_times``, median of ``--rounds``). Memory: each implementation alone in a fresh process
 (its weights random: values do not change cost), the growth of the peak resident set during its
-first forward (``/proc/self/clear_refs`` resets the peak first), i.e. activations and workspace. The full 16-frame 512-px sample (64x64 latents, 50 steps)
+first forward (``/proc/self/clear_refs`` resets the peak first), i.e. activations and workspace.
+The full 16-frame 512-px sample (64x64 latents, 50 steps)
 is estimated from the measured step with a count of the multiply-adds at both sizes: on this
 shared CPU a single full-size step takes minutes.
 """

@@ -127,7 +127,8 @@ def main(argv=None):
                 f"{LATTE_HEADS} heads over {LATTE_TOKENS} tokens per frame (Latte-1: 64x64 latents, patch 2), "
                 "batch 1; factorized = a spatial layer (within frames) plus a temporal one (across frames), as "
                 "in one Latte layer pair; joint = one layer over all tokens. CPU time, median of "
-                f"{args.repeats} rounds alternating the two after a warm-up. Score entries: heads x query-key pairs formed. Machine: "
+                f"{args.repeats} rounds alternating the two after a warm-up. Score entries: heads x query-key "
+                "pairs formed. Machine: "
                 f"{machine()}; load average {load:.1f} when the run started.",
                 "",
                 text,

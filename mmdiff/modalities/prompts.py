@@ -73,7 +73,8 @@ class PromptTask:
         prompts = self.prompts(batch)
         drop = torch.rand(len(prompts)) < self.args.class_dropout  # "" is the unconditional prompt
         self.text_encoder.to(batch[self.data_key].device)
-        return dict(zip(("context", "context_mask"), self.encode(["" if d else p for p, d in zip(prompts, drop.tolist())])))
+        context, mask = self.encode(["" if d else p for p, d in zip(prompts, drop.tolist())])
+        return {"context": context, "context_mask": mask}
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(context (B, M, D), mask (B, M)) of the prompts, each new prompt through the encoder once."""

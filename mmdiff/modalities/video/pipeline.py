@@ -141,8 +141,8 @@ class VideoPipeline(LatentPipeline):
     @torch.no_grad()
     def __call__(self, class_labels=None, *, prompt: str | list[str] | None = None, negative_prompt=None,
                  prompt_embeds=None, negative_prompt_embeds=None, prompt_attention_mask=None,
-                 negative_prompt_attention_mask=None, num_videos: int | None = None, num_frames: int | None = None, first_frame=None,
-                 given_frames: dict | None = None, infer_label: bool = True, output_type: str = "pil",
+                 negative_prompt_attention_mask=None, num_videos: int | None = None, num_frames: int | None = None,
+                 first_frame=None, given_frames: dict | None = None, infer_label: bool = True, output_type: str = "pil",
                  decode_chunk_size: int | None = None, options=None, **sampling):
         """``class_labels`` (ints or class names), ``prompt`` (a model trained with a text
         encoder; guided against the empty prompt), its embeddings ``prompt_embeds`` (B, M, D)
