@@ -116,11 +116,12 @@ def main(argv=None):
     with torch.no_grad():
         diff = (fns["mmdiff"]().transpose(1, 2).float() - fns["diffusers"]()[:, :4].float()).abs().max().item()
         times = {k: statistics.median(v) for k, v in paired_times(fns, args.rounds, warmup=0, clock=clock).items()}
-    del ours, theirs, fns
-    memory = {k: memory_isolated(k, args)["peak_mb"] for k in ("mmdiff", "diffusers")}
+    print(f"s per step: {times}; max abs difference {diff:.3g}", flush=True)
+    del ours, theirs, fns  # the memory runs get the machine's memory to themselves
+    memory = {k: memory_isolated(k, args)["peak_mb"] for k in times}
     scale = multiply_adds(16, 64) / multiply_adds(args.frames, args.latent)
     rows = [[name, f"{times[name]:.1f}", f"{memory[name]:.0f}", f"{times[name] * scale * 50 / 3600:.1f}"]
-            for name in fns]
+            for name in times]
     rows.append(["mmdiff / diffusers", f"{times['mmdiff'] / times['diffusers']:.2f}",
                  f"{memory['mmdiff'] / memory['diffusers']:.2f}", ""])
     text = table(["", f"s per step ({args.dtype}, batch 2)", "forward peak MB", "est. h, 16x512px, 50 steps"], rows)
