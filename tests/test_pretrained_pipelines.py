@@ -394,3 +394,41 @@ def test_a_cached_hub_repo_loads_without_any_network_call(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded DiT dpmpp_2m" in done.stdout
     assert "refused: 'tiny-org/not-cached' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in done.stdout
+
+
+def tiny_t5(folder: Path):
+    """A random T5 encoder (d_model = the caption width) and a word-level tokenizer that pads
+    and appends </s> as T5's does, both written as the PixArt repos hold them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    words = "<pad> </s> <unk> a an the cat dog photo of sitting on mat horse riding astronaut".split()
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
+                                        unk_token="<unk>")
+    torch.manual_seed(2)
+    encoder = T5EncoderModel(T5Config(vocab_size=len(words), d_model=PIXART["caption_channels"], d_kv=8, d_ff=32,
+                                      num_layers=2, num_heads=2, relative_attention_num_buckets=8)).eval()
+    return tokenizer, encoder
+
+
+def test_pixart_with_its_t5_encoder_matches_diffusers(tmp_path):
+    tokenizer, encoder = tiny_t5(tmp_path)
+    torch.manual_seed(0)
+    transformer = randomize(PixArtTransformer2DModel(**PIXART))
+    theirs = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=tiny_vae(), transformer=transformer,
+                                 scheduler=DPMSolverMultistepScheduler())
+    theirs.save_pretrained(tmp_path / "pixart")
+    ours = mmdiff.pipeline("image", model=tmp_path / "pixart")
+    assert ours.components["text_encoder"].max_length == 120  # PixArt-alpha's max_sequence_length
+    prompts = ["A Cat sitting on a mat ", "an astronaut riding a horse"]  # diffusers lower-cases and strips
+    latents = torch.randn(2, CHANNELS, 8, 8, generator=torch.manual_seed(8))
+    net, lat, _ = compare(
+        "PixArtAlphaPipeline with a T5 encoder", theirs,
+        lambda: theirs(prompts, num_inference_steps=4, latents=latents.clone(), clean_caption=False,
+                       use_resolution_binning=False).images,
+        ours, lambda: ours(prompt=prompts, num_inference_steps=4, latents=latents, output_type="latent", progress=False),
+        uncond_first=True)
+    assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs))
