@@ -185,6 +185,13 @@ def test_unsupported_scheduler_settings_are_refused():
         scheduler_settings({"_class_name": "DDIMScheduler"})  # DDIM clips x0 unless told not to
     with pytest.raises(CheckpointError, match="PNDMScheduler.*DDIMScheduler"):
         scheduler_settings({"_class_name": "PNDMScheduler"})
+    with pytest.raises(CheckpointError, match="solver_type 'heun'.*midpoint"):
+        scheduler_settings({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "heun"})
+    assert scheduler_settings({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3}).sampler == "dpmpp_3m"
+    euler = scheduler_settings({"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "trailing",
+                                "prediction_type": "v_prediction", "rescale_betas_zero_snr": True})
+    assert (euler.sampler, euler.prediction, euler.init_noise, euler.schedule.zero_terminal_snr) == \
+        ("euler", "v", "sigma", True)
 
 
 # ---------------------------------------------------------------------------------- PixArt
@@ -245,7 +252,7 @@ def test_pixart_without_text_encoder_needs_embeddings(tmp_path):
     with pytest.raises(ValueError, match="no text encoder: pass prompt_embeds"):
         ours(prompt="a cat", num_inference_steps=2)
     embeds = caption_embeddings(2)
-    with pytest.raises(ValueError, match="guidance_scale != 1 needs an unconditional input"):
+    with pytest.raises(ValueError, match="guidance_scale != 1 with prompt_embeds needs negative_prompt_embeds"):
         ours(prompt_embeds=embeds["prompt_embeds"], num_inference_steps=2, guidance_scale=3.0)
     with pytest.raises(ValueError, match=r"prompt_attention_mask must be shaped \(2, 6\)"):
         ours(prompt_embeds=embeds["prompt_embeds"], prompt_attention_mask=torch.ones(2, 5), num_inference_steps=2,

@@ -64,6 +64,10 @@ class ImagePipeline(LatentPipeline):
                       negative_prompt_attention_mask=negative_prompt_attention_mask)
         cond, uncond, batch = self.conditioning(class_labels, prompt, num_images, negative_prompt=negative_prompt,
                                                 embeds=embeds)
+        if uncond is None and prompt_embeds is not None and opts.guidance_scale != 1.0:
+            raise ValueError("guidance_scale != 1 with prompt_embeds needs negative_prompt_embeds (and "
+                             "negative_prompt_attention_mask): this pipeline has no text encoder for the empty prompt; "
+                             "or pass guidance_scale=1")
         shape = (batch, *self.latent_shape(height, width))
         self._add_size_conditions(cond, uncond, shape)
         given = start = None
