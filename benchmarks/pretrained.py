@@ -3,11 +3,11 @@
 A full-size DiTPipeline (DiT-XL/2 at 256 px: the legacy Transformer2DModel layout of
 facebook/DiT-XL-2-256, SD's AutoencoderKL, DDIMScheduler) or PixArtAlphaPipeline (PixArt-XL/2
 at 512 px, DPM-Solver++, caption embeddings given: no T5) with random weights is written once with
-diffusers' ``save_pretrained``; then each (library, dtype) runs in a fresh process: load the
-folder (wall seconds; the files are in the page cache for both), then sample one class label
-(or caption) with classifier-free guidance for 1 and for ``--steps`` steps, decode included,
+diffusers' ``save_pretrained``; then each (library, dtype) loads the folder and samples one
+class label (or caption) with classifier-free guidance for 1 and for ``--steps`` steps, decoded,
 on the same latents. Sampling is CPU time of the one torch thread (other jobs on the shared
-machine do not inflate it); one step = (t_steps - t_1) / (steps - 1); peak RSS of the process.
+machine do not inflate it), both pipelines in one process alternating; memory and load time in
+fresh processes.
 
     python benchmarks/pretrained.py --write_docs              # DiT-XL/2
     python benchmarks/pretrained.py --model pixart --write_docs
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,20 +77,18 @@ def inputs(kind: str, latent: int):
                          negative_prompt_attention_mask=negative)
 
 
-def one(kind: str, library: str, dtype_name: str, folder: Path, steps: int) -> dict:
-    """Load and sample in this process; the numbers as a dict."""
-    torch.set_num_threads(1)
-    dtype = DTYPES[dtype_name]
-    start = time.perf_counter()
+def load(kind: str, library: str, dtype, folder: Path):
     if library == "mmdiff":
         import mmdiff
-        pipe = mmdiff.pipeline("image", model=folder, dtype=dtype)
-    else:
-        from diffusers import DiTPipeline, PixArtAlphaPipeline
-        pipe = (DiTPipeline if kind == "dit" else PixArtAlphaPipeline).from_pretrained(folder, torch_dtype=dtype)
-        pipe.set_progress_bar_config(disable=True)
-    load = time.perf_counter() - start
-    load_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return mmdiff.pipeline("image", model=folder, dtype=dtype)
+    from diffusers import DiTPipeline, PixArtAlphaPipeline
+    pipe = (DiTPipeline if kind == "dit" else PixArtAlphaPipeline).from_pretrained(folder, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sampler(kind: str, library: str, pipe, dtype):
+    """``sample(n) -> CPU seconds`` of one guided n-step sample, decoded, on fixed latents."""
     latent = DIT_XL_2["sample_size"] if kind == "dit" else PIXART_XL_2_512["sample_size"]
     latents, embeds = inputs(kind, latent)
     guidance = 4.0 if kind == "dit" else 4.5
@@ -107,41 +106,66 @@ def one(kind: str, library: str, dtype_name: str, folder: Path, steps: int) -> d
                 pipe(**embeds, negative_prompt=None, num_inference_steps=n, latents=latents.to(dtype),
                      guidance_scale=guidance, use_resolution_binning=False, output_type="pt")
         return time.thread_time() - t
-
-    sample(1)  # warm-up
-    one_step, full = sample(1), sample(steps)
-    return {"library": library, "dtype": dtype_name, "load_s": load, "load_rss_mb": load_rss,
-            "step_s": (full - one_step) / (steps - 1), "sample_s": full,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return sample
 
 
-def run(kind: str, library: str, dtype: str, folder: Path, steps: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", library, dtype, "--model", kind, "--folder", str(folder),
-                          "--steps", str(steps)], check=True, capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+def memory(kind: str, library: str, dtype_name: str, folder: Path) -> dict:
+    """In a fresh process: load (wall s), RSS after load, peak RSS over a 2-step sample."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    pipe = load(kind, library, DTYPES[dtype_name], folder)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sampler(kind, library, pipe, DTYPES[dtype_name])(2)
+    return {"load_s": seconds, "load_rss_mb": after, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def timings(kind: str, dtype_name: str, folder: Path, steps: int, rounds: int) -> dict:
+    """Both pipelines in this process, alternating: median CPU s of one step and of the sample."""
+    torch.set_num_threads(1)
+    samplers = {lib: sampler(kind, lib, load(kind, lib, DTYPES[dtype_name], folder), DTYPES[dtype_name])
+                for lib in ("diffusers", "mmdiff")}
+    for sample in samplers.values():
+        sample(1)  # warm-up
+    times = {lib: {"one": [], "full": []} for lib in samplers}
+    for r in range(rounds):
+        for lib in (("diffusers", "mmdiff") if r % 2 == 0 else ("mmdiff", "diffusers")):
+            times[lib]["one"].append(samplers[lib](1))
+            times[lib]["full"].append(samplers[lib](steps))
+    out = {}
+    for lib, t in times.items():
+        one, full = statistics.median(t["one"]), statistics.median(t["full"])
+        out[lib] = {"step_s": (full - one) / (steps - 1), "sample_s": full, "decode_s": one - (full - one) / (steps - 1)}
+    return out
+
+
+def run(kind: str, library: str, dtype: str, folder: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", library, dtype, "--model", kind, "--folder", str(folder)],
+                         check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def report(kind: str, results: list[dict], steps: int) -> str:
+def report(kind: str, results: dict, steps: int, rounds: int) -> str:
     rows = []
     for dtype in DTYPES:
-        theirs, ours = (next(r for r in results if r["library"] == lib and r["dtype"] == dtype)
-                        for lib in ("diffusers", "mmdiff"))
-        for r in (theirs, ours):
-            rows.append([r["library"], dtype, f"{r['load_s']:.1f}", f"{r['load_rss_mb']:.0f}", f"{r['step_s']:.2f}",
-                         f"{r['sample_s']:.1f}", f"{r['peak_rss_mb']:.0f}"])
-        rows.append(["mmdiff / diffusers", dtype, f"{ours['load_s'] / theirs['load_s']:.2f}x time",
-                     f"{ours['load_rss_mb'] / theirs['load_rss_mb']:.2f}x", f"**{theirs['step_s'] / ours['step_s']:.2f}x** "
-                     f"throughput", f"{theirs['sample_s'] / ours['sample_s']:.2f}x throughput",
-                     f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}x"])
+        theirs, ours = results[("diffusers", dtype)], results[("mmdiff", dtype)]
+        for lib, r in (("diffusers", theirs), ("mmdiff", ours)):
+            rows.append([lib, dtype, f"{r['load_s']:.1f}", f"{r['load_rss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}",
+                         f"{r['step_s']:.2f}", f"{r['decode_s']:.2f}", f"{r['sample_s']:.1f}"])
+        rows.append(["**mmdiff / diffusers**", dtype, f"{ours['load_s'] / theirs['load_s']:.2f}x time",
+                     f"{ours['load_rss_mb'] / theirs['load_rss_mb']:.2f}x", f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}x",
+                     f"**{theirs['step_s'] / ours['step_s']:.2f}x** throughput", f"{ours['decode_s'] / theirs['decode_s']:.2f}x time",
+                     f"{theirs['sample_s'] / ours['sample_s']:.2f}x throughput"])
     name = {"dit": "DiT-XL/2 256 px (DDIM, class label 207, guidance 4)",
             "pixart": "PixArt-XL/2 512 px (DPM-Solver++, 120-token caption embeddings, guidance 4.5)"}[kind]
-    header = ["library", "weights", "load s", "RSS after load MB", "CPU s/step", f"{steps}-step sample CPU s",
-              "peak RSS MB"]
+    header = ["library", "weights", "load s", "RSS after load MB", "peak RSS MB", "CPU s/step",
+              "decode + call CPU s", f"{steps}-step sample CPU s"]
     return (f"### {name}\n\nCommand: `python benchmarks/pretrained.py --model {kind} --steps {steps} --write_docs`. "
-            f"Random weights at full size, written by diffusers' `save_pretrained`; each row a fresh process (load: "
-            f"wall seconds with the files in the page cache; steps: CPU seconds of the one torch thread, one step "
-            f"= ({steps}-step sample - 1-step sample) / {steps - 1}, both guided and decoded after a warm-up). "
+            f"Random weights at full size, written by diffusers' `save_pretrained` (the hub repos' layout). Load and "
+            f"memory: each library and dtype in a fresh process (load: wall seconds, the files in the page cache; peak "
+            f"RSS over the load and a 2-step sample). Speed: both pipelines in one process, alternating, median of "
+            f"{rounds} rounds of CPU seconds of the one torch thread, guided and decoded, same latents; one step = "
+            f"({steps}-step sample - 1-step sample) / {steps - 1}; the rest of a 1-step call is the decode. "
             f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end.\n\n" + table(header, rows))
 
 
@@ -149,23 +173,26 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--model", choices=("dit", "pixart"), default="dit")
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--write_docs", action="store_true")
     p.add_argument("--folder", type=Path, default=None, help="reuse a folder written by an earlier run")
     p.add_argument("--one", nargs=2, metavar=("LIBRARY", "DTYPE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.model, *args.one, args.folder, args.steps)))
+        print(json.dumps(memory(args.model, *args.one, args.folder)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder or Path(tmp) / args.model
         if not (folder / "model_index.json").is_file():
             write_folder(args.model, folder)
-        results = []
+        results = {}
         for dtype in DTYPES:
             for library in ("diffusers", "mmdiff"):
-                results.append(run(args.model, library, dtype, folder, args.steps))
-                print(results[-1], flush=True)
-        text = report(args.model, results, args.steps)
+                results[(library, dtype)] = run(args.model, library, dtype, folder)
+            for library, numbers in timings(args.model, dtype, folder, args.steps, args.rounds).items():
+                results[(library, dtype)].update(numbers)
+            print(dtype, {k: v for k, v in results.items() if k[1] == dtype}, flush=True)
+        text = report(args.model, results, args.steps, args.rounds)
     print(text)
     if args.write_docs:
         update_section(f"pretrained-{args.model}", "## Pretrained models\n\n" + text if args.model == "dit" else text)
