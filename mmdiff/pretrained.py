@@ -199,6 +199,9 @@ def _dpm_sampler(c: dict, source: str) -> str:
     if algorithm not in ("dpmsolver++", "sde-dpmsolver++") or order not in (1, 2, 3):
         raise CheckpointError(f"{source}: DPMSolverMultistepScheduler algorithm_type {algorithm!r} order {order}: "
                               f"mmdiff runs DPM-Solver++ (data prediction) of order 1, 2 or 3")
+    if c.get("solver_type", "midpoint") != "midpoint":
+        raise CheckpointError(f"{source}: DPMSolverMultistepScheduler solver_type {c['solver_type']!r}: mmdiff's "
+                              f"DPM-Solver++(2M) is the midpoint form (diffusers' default)")
     if algorithm == "sde-dpmsolver++":
         return "dpmpp_2m_sde" if order == 2 else "dpmpp_3m_sde"
     return {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]

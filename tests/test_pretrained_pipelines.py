@@ -185,6 +185,13 @@ def test_unsupported_scheduler_settings_are_refused():
         scheduler_settings({"_class_name": "DDIMScheduler"})  # DDIM clips x0 unless told not to
     with pytest.raises(CheckpointError, match="PNDMScheduler.*DDIMScheduler"):
         scheduler_settings({"_class_name": "PNDMScheduler"})
+    with pytest.raises(CheckpointError, match="solver_type 'heun'.*midpoint"):
+        scheduler_settings({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "heun"})
+    assert scheduler_settings({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3}).sampler == "dpmpp_3m"
+    euler = scheduler_settings({"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "trailing",
+                                "prediction_type": "v_prediction", "rescale_betas_zero_snr": True})
+    assert (euler.sampler, euler.prediction, euler.init_noise, euler.schedule.zero_terminal_snr) == \
+        ("euler", "v", "sigma", True)
 
 
 # ---------------------------------------------------------------------------------- PixArt
@@ -245,7 +252,7 @@ def test_pixart_without_text_encoder_needs_embeddings(tmp_path):
     with pytest.raises(ValueError, match="no text encoder: pass prompt_embeds"):
         ours(prompt="a cat", num_inference_steps=2)
     embeds = caption_embeddings(2)
-    with pytest.raises(ValueError, match="guidance_scale != 1 needs an unconditional input"):
+    with pytest.raises(ValueError, match="guidance_scale != 1 with prompt_embeds needs negative_prompt_embeds"):
         ours(prompt_embeds=embeds["prompt_embeds"], num_inference_steps=2, guidance_scale=3.0)
     with pytest.raises(ValueError, match=r"prompt_attention_mask must be shaped \(2, 6\)"):
         ours(prompt_embeds=embeds["prompt_embeds"], prompt_attention_mask=torch.ones(2, 5), num_inference_steps=2,
@@ -308,16 +315,21 @@ def diffusers_vae_folder(tmp_path) -> Path:
     return tmp_path / "vae"
 
 
-def run_convert(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "mmdiff.convert", *map(str, args)], capture_output=True, text=True,
+# ``python -m mmdiff.convert`` and the ``mmdiff convert`` command are one command
+ENTRY_POINTS = {"module": ["-m", "mmdiff.convert"], "command": ["-m", "mmdiff.cli", "convert"]}
+
+
+def run_convert(*args, env=None, entry="module"):
+    return subprocess.run([sys.executable, *ENTRY_POINTS[entry], *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
 
 
-def test_convert_an_original_dit_checkpoint_with_the_cli(tmp_path):
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_convert_an_original_dit_checkpoint_with_the_cli(tmp_path, entry):
     reference = original_reference()
     torch.save({"model": {}, "ema": original_layout(reference)}, tmp_path / "DiT-tiny.pt")  # a training checkpoint
-    done = run_convert(tmp_path / "DiT-tiny.pt", tmp_path / "out", "--num-heads", 2, "--vae",
-                       diffusers_vae_folder(tmp_path))
+    done = run_convert(tmp_path / "DiT-tiny.pt", tmp_path / "out", "--num_heads", 2, "--vae",
+                       diffusers_vae_folder(tmp_path), entry=entry)
     assert done.returncode == 0, done.stderr
     assert not list((tmp_path / "out").rglob("*.pt")) and list((tmp_path / "out").rglob("*.safetensors"))
     pipe = mmdiff.pipeline("image", model=tmp_path / "out")
@@ -332,22 +344,25 @@ def test_convert_an_original_dit_checkpoint_with_the_cli(tmp_path):
 
 
 def test_convert_a_sit_checkpoint_samples_as_a_flow_model(tmp_path):
+    from mmdiff.convert import main
     torch.save(original_layout(original_reference(seed=4)), tmp_path / "SiT-tiny.pt")
-    done = run_convert(tmp_path / "SiT-tiny.pt", tmp_path / "out", "--kind", "sit", "--num-heads", 2, "--vae", "none")
-    assert done.returncode == 0, done.stderr
+    assert main([str(tmp_path / "SiT-tiny.pt"), str(tmp_path / "out"), "--kind", "sit", "--num_heads", "2",
+                 "--vae", "none"]) == 0
     pipe = mmdiff.pipeline("image", model=tmp_path / "out")
     assert pipe.config.prediction == "flow" and type(pipe.schedule).__name__ == "FlowSchedule"
     assert pipe.model.config.timestep_scale == 1 / pipe.schedule.num_timesteps
 
 
-def test_convert_errors_are_one_line(tmp_path):
-    torch.save({"ema": {}, "args": Path("x")}, tmp_path / "code.pt")
-    done = run_convert(tmp_path / "code.pt", tmp_path / "out", "--vae", "none")
-    assert done.returncode == 1 and done.stderr.count("\n") == 1
-    assert done.stderr.startswith("mmdiff convert: error:") and "not a plain tensor checkpoint" in done.stderr
+def test_convert_errors_are_one_line(tmp_path, capsys):
     from mmdiff.convert import main
+    torch.save({"ema": {}, "args": Path("x")}, tmp_path / "code.pt")
+    assert main([str(tmp_path / "code.pt"), str(tmp_path / "out"), "--vae", "none"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mmdiff convert: error:") and "not a plain tensor checkpoint" in err
     assert main([str(tmp_path / "missing.pt"), str(tmp_path / "out")]) == 1
     assert main(["--kind", "unet", "a.pt", "b"]) == 2  # argparse's own message and code
+    done = run_convert(tmp_path / "code.pt", tmp_path / "out", "--vae", "none", entry="command")
+    assert done.returncode == 1 and done.stderr.startswith("mmdiff convert: error:") and done.stderr.count("\n") == 1
 
 
 def test_a_pickle_is_never_loaded_without_the_convert_step(tmp_path):
@@ -394,3 +409,69 @@ def test_a_cached_hub_repo_loads_without_any_network_call(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded DiT dpmpp_2m" in done.stdout
     assert "refused: 'tiny-org/not-cached' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in done.stdout
+
+
+def tiny_t5(folder: Path):
+    """A random T5 encoder (d_model = the caption width) and a word-level tokenizer that pads
+    and appends </s> as T5's does, both written as the PixArt repos hold them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    words = "<pad> </s> <unk> a an the cat dog photo of sitting on mat horse riding astronaut".split()
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
+                                        unk_token="<unk>")
+    torch.manual_seed(2)
+    encoder = T5EncoderModel(T5Config(vocab_size=len(words), d_model=PIXART["caption_channels"], d_kv=8, d_ff=32,
+                                      num_layers=2, num_heads=2, relative_attention_num_buckets=8)).eval()
+    return tokenizer, encoder
+
+
+def test_pixart_with_its_t5_encoder_matches_diffusers(tmp_path):
+    tokenizer, encoder = tiny_t5(tmp_path)
+    torch.manual_seed(0)
+    transformer = randomize(PixArtTransformer2DModel(**PIXART))
+    theirs = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=tiny_vae(), transformer=transformer,
+                                 scheduler=DPMSolverMultistepScheduler())
+    theirs.save_pretrained(tmp_path / "pixart")
+    ours = mmdiff.pipeline("image", model=tmp_path / "pixart")
+    assert ours.components["text_encoder"].max_length == 120  # PixArt-alpha's max_sequence_length
+    prompts = ["A Cat sitting on a mat ", "an astronaut riding a horse"]  # diffusers lower-cases and strips
+    latents = torch.randn(2, CHANNELS, 8, 8, generator=torch.manual_seed(8))
+    net, lat, _ = compare(
+        "PixArtAlphaPipeline with a T5 encoder", theirs,
+        lambda: theirs(prompts, num_inference_steps=4, latents=latents.clone(), clean_caption=False,
+                       use_resolution_binning=False).images,
+        ours, lambda: ours(prompt=prompts, num_inference_steps=4, latents=latents, output_type="latent", progress=False),
+        uncond_first=True)
+    assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs))
+
+
+def test_pixart_resolution_binning_as_diffusers(tmp_path):
+    """A 256-px PixArt (factor-8 autoencoder, as the real ones) asked for 200x320 generates at the
+    bin of the nearest aspect ratio, 192x320, and resizes and crops back, as diffusers does."""
+    torch.manual_seed(0)
+    model = randomize(PixArtTransformer2DModel(**{**PIXART, "sample_size": 32, "patch_size": 8}))
+    vae = AutoencoderKL(**{**VAE, "block_out_channels": (8,) * 4, "down_block_types": ("DownEncoderBlock2D",) * 4,
+                           "up_block_types": ("UpDecoderBlock2D",) * 4, "sample_size": 256}).eval()
+    theirs = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=model,
+                                 scheduler=DPMSolverMultistepScheduler())
+    theirs.save_pretrained(tmp_path / "pixart")
+    ours = mmdiff.pipeline("image", model=tmp_path / "pixart")
+    embeds = caption_embeddings(2)
+    latents = torch.randn(2, CHANNELS, 24, 40, generator=torch.manual_seed(6))  # the 192x320 bin's
+    seen = last_latents(theirs)
+    expected = np.stack([np.asarray(im) for im in theirs(**embeds, negative_prompt=None, height=200, width=320,
+                                                           num_inference_steps=3, latents=latents.clone()).images])
+    run = dict(**embeds, height=200, width=320, num_inference_steps=3, latents=latents, progress=False)
+    got = np.stack([np.asarray(im) for im in ours(**run)])
+    assert got.shape == expected.shape == (2, 200, 320, 3)
+    lat = (ours(**run, output_type="latent") - seen[0]).abs().max().item()
+    off = np.abs(got.astype(int) - expected.astype(int))
+    print(f"\nPixArt binned 200x320 -> 192x320: final latents {lat:.3g} (largest {seen[0].abs().max():.3g}), 8-bit "
+          f"pixels {off.max()} ({(off > 0).sum()} of {off.size} differ)")
+    assert lat <= latent_tol(seen[0]) and off.max() <= 1 and (off > 0).mean() < 1e-4  # as in compare()
+    with pytest.raises(ValueError, match="height must be a multiple of 64 pixels"):
+        ours(**run, use_resolution_binning=False)

@@ -13,6 +13,7 @@ from ...data.images import pil_to_tensor
 from ...media import save_image_grid, to_pil
 from ...registry import register_pipeline
 from ..latent_pipeline import LatentPipeline
+from .bins import binned_size, resize_and_crop
 from ...pipelines import Given, Start
 
 
@@ -43,15 +44,17 @@ class ImagePipeline(LatentPipeline):
     def __call__(self, class_labels=None, *, prompt: str | list[str] | None = None, negative_prompt=None,
                  num_images: int | None = None, height: int | None = None, width: int | None = None,
                  image=None, strength: float = 0.6, mask=None, prompt_embeds=None, prompt_attention_mask=None,
-                 negative_prompt_embeds=None, negative_prompt_attention_mask=None, output_type: str = "pil",
-                 options=None, **sampling):
+                 negative_prompt_embeds=None, negative_prompt_attention_mask=None, use_resolution_binning: bool = True,
+                 output_type: str = "pil", options=None, **sampling):
         """``class_labels`` (ints or class names), ``prompt`` for a text-conditioned model, or
         ``num_images`` for an unconditional one; ``sampling``: the ``SamplingOptions`` fields
         (``num_inference_steps``, ``sampler``, ``guidance_scale``, ``generator``, ``latents``...)
         and the sampler's own options. ``prompt_embeds``, ``prompt_attention_mask``,
         ``negative_prompt_embeds``, ``negative_prompt_attention_mask``: text-encoder states given
         directly, with diffusers' names and meaning (mask 1 = a token, 0 = padding).
-        ``height``/``width`` in pixels (default: the trained size). ``image`` (+ ``strength``)
+        ``height``/``width`` in pixels (default: the trained size); PixArt models generate at the
+        trained bin nearest in aspect ratio and resize back unless ``use_resolution_binning=False``,
+        as diffusers. ``image`` (+ ``strength``)
         starts from a given image (SDEdit); ``image`` + ``mask`` inpaints where ``mask == 1`` and
         keeps the rest. Returns PIL images, a (B, C, H, W) tensor in [-1, 1] with
         ``output_type="pt"``, or the final latents with ``"latent"``."""
@@ -64,6 +67,15 @@ class ImagePipeline(LatentPipeline):
                       negative_prompt_attention_mask=negative_prompt_attention_mask)
         cond, uncond, batch = self.conditioning(class_labels, prompt, num_images, negative_prompt=negative_prompt,
                                                 embeds=embeds)
+        if uncond is None and prompt_embeds is not None and opts.guidance_scale != 1.0:
+            raise ValueError("guidance_scale != 1 with prompt_embeds needs negative_prompt_embeds (and "
+                             "negative_prompt_attention_mask): this pipeline has no text encoder for the empty prompt; "
+                             "or pass guidance_scale=1")
+        requested = None
+        if use_resolution_binning and self.config.extra.get("resolution_bins") and (height or width):
+            requested = self.picture_size() if not (height and width) else (height, width)
+            requested = (height or requested[0], width or requested[1])
+            height, width = binned_size(*requested, self.config.extra["resolution"])
         shape = (batch, *self.latent_shape(height, width))
         self._add_size_conditions(cond, uncond, shape)
         given = start = None
@@ -75,7 +87,11 @@ class ImagePipeline(LatentPipeline):
         latents = self.solve(shape, opts, cond=cond, uncond=uncond, given=given, start=start)
         if output_type == "latent":
             return latents
-        images = self.decode(latents)
+        if requested is None:
+            images = self.decode(latents)
+        else:  # resized before clamping, as diffusers
+            images = self.autoencoder.decode(latents.to(self.dtype)).float().cpu()
+            images = resize_and_crop(images, *requested).clamp(-1, 1)
         if output_type == "pt":
             return images
         out = to_pil(images)

@@ -16,6 +16,7 @@ from ...components.encoders import TextEncoder
 from ...core.schedules import DiscreteSchedule
 from ...pretrained import SchedulerSettings, part, read_scheduler, register_loader, register_model_loader
 from ...registry import PipelineConfig
+from .bins import BINNED_RESOLUTIONS
 
 # The pipelines' own defaults (diffusers' __call__ signatures)
 DIT_DEFAULTS = dict(steps=50, guidance_scale=4.0)
@@ -59,7 +60,8 @@ def load_pixart_pipeline(cls, folder: Path, index: dict):
         # diffusers lower-cases and strips captions (its clean_caption needs bs4 and ftfy)
         components["text_encoder"] = TextEncoder.from_parts(encoder, tokenizer, lowercase=True,
                                                             max_length=CAPTION_TOKENS[index["_class_name"]])
-    config = _config(sched, PIXART_DEFAULTS, resolution=_resolution(model, vae))
+    size = _resolution(model, vae)
+    config = _config(sched, PIXART_DEFAULTS, resolution=size, resolution_bins=size in BINNED_RESOLUTIONS or None)
     return cls(components, sched.schedule, config)
 
 
