@@ -155,3 +155,26 @@ def test_a_text_conditioned_model_generates_the_prompted_digit(tmp_path):
     other = video_scores(videos, (labels + 3) % 10, box=8)  # the same videos read against other digits
     print(f"\nprompted digit: {scores}; against other digits: {other['accuracy']:.3f}")
     assert scores["accuracy"] > ACCURACY and scores["accuracy"] > 2 * other["accuracy"], (scores, other)  # chance 0.1
+
+
+def test_pooled_context_is_the_masked_mean_into_adaln():
+    from mmdiff.core.dit import DiT, DiTConfig, pooled
+    from mmdiff.core.patch import PatchConfig
+    context, mask = torch.randn(2, 5, 16), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]).bool()
+    assert torch.allclose(pooled(context, mask)[1], context[1, :2].mean(0))
+    torch.manual_seed(0)
+    config = DiTConfig(patch=PatchConfig("video", 1, (2, 8, 8), 4), hidden_size=32, depth=2, num_heads=2,
+                       attention="factorized", context_dim=16, pooled_context=True)
+    model = DiT(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # off adaLN-Zero's zeros, so the conditioning shows in the output
+            p.add_(0.1 * torch.randn_like(p))
+        x, t = torch.randn(2, 2, 1, 8, 8), torch.tensor([3.0, 500.0])
+        noisy = context.clone()
+        noisy[1, 2:] = 5.0
+        a, b = model(x, t, context=context, context_mask=mask), model(x, t, context=noisy, context_mask=mask)
+        assert torch.equal(a, b)  # padding reaches neither the cross-attention nor the pooled embedding
+        model.pooled_embedder.fc2.weight.zero_()
+        model.pooled_embedder.fc2.bias.zero_()
+        without = model(x, t, context=context, context_mask=mask)
+        assert (a - without).abs().max() > 1e-3  # the pooled prompt reaches the output through adaLN
