@@ -47,7 +47,7 @@ def sp():
     return train_sentencepiece(corpus(), vocab_size=400)
 
 
-def tiny(objective="diffusion", vocab=24, length=12, **kw):
+def tiny(objective="continuous", vocab=24, length=12, **kw):
     torch.manual_seed(0)
     model = TextModel(TextModelConfig(vocab_size=vocab, max_length=length, objective=objective, embed_dim=8,
                                       hidden_size=32, depth=2, num_heads=2, **kw)).eval()
@@ -426,7 +426,7 @@ def test_text_configs_parse():
     for name in ("text_docstrings", "text_markov", "text_owt_plaid"):
         train, args = parse_config([TrainConfig, TextArgs], ["--config", str(ROOT / "recipes" / "configs" /
                                                                               f"{name}.yaml")])
-        assert args.objective == "diffusion" and train.max_steps > 0
+        assert args.objective == "continuous" and train.max_steps > 0
 
 
 # ------------------------------------------------------------------------------------ shipped model
