@@ -55,7 +55,9 @@ class MaskSchedule:
 
     def alphas(self, steps: int) -> Tensor:
         """``steps + 1`` levels at times equally spaced from 1 to 0 (float64), increasing from 0 to 1."""
-        return self.alpha(torch.linspace(1, 0, steps + 1, dtype=torch.float64)).clamp(0, 1)
+        alphas = self.alpha(torch.linspace(1, 0, steps + 1, dtype=torch.float64)).clamp(0, 1)
+        alphas[0], alphas[-1] = 0.0, 1.0  # exactly (cos(pi / 2) is 6e-17 in float64)
+        return alphas
 
     def __repr__(self) -> str:
         return f"MaskSchedule({self.name!r})"

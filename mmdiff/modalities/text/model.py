@@ -244,6 +244,43 @@ class TextModel(PretrainedMixin, nn.Module):
             logs["warp_mse"] = warp_loss.detach()
         return {"loss": loss, "logs": logs, "per_sequence": per_seq.detach(), "sigma": sigma}
 
+    def _estimate(self, x: Tensor, sigma: Tensor, **cond) -> tuple[Tensor, Tensor]:
+        """``denoise`` after one pass that feeds the model its own estimate (as sampling does):
+        still a function of ``(x, sigma)`` alone."""
+        x0, logits = self.denoise(x, sigma, None, **cond)
+        return self.denoise(x, sigma, x0, **cond) if self.config.self_conditioning else (x0, logits)
+
+    @torch.no_grad()
+    def continuous_nelbo(self, tokens: Tensor, attention_mask: Tensor | None = None, given: Tensor | None = None,
+                         draws: int = 16, generator=None) -> Tensor:
+        """Per-sequence upper bound on the NLL per token (B,) of a continuous model, in nats: the
+        Gaussian diffusion ELBO in VE form (VDM's continuous time, SNR = 1 / sigma^2) over
+        [sigma_min, sigma_max] with the prior N(0, sigma_max^2 + 1) that sampling starts from and
+        the logits at sigma_min as decoder: ``-log p(w | x_min) + log(sigma_max / sigma_min) *
+        E_u ||x0 - D(x, sigma)||^2 / sigma^2`` (log sigma ~ U) ``+ D / 2 log(1 + 1 / sigma_max^2)``."""
+        c, E = self.config, self.embeddings()
+        x0 = E[tokens]  # (B, L, D)
+        valid = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        g = torch.zeros_like(valid) if given is None else given.bool()
+        cond = {"given": g if given is not None else None, "attention_mask": attention_mask}
+        lo, hi = math.log(c.sigma_min), math.log(c.sigma_max)
+        B, target, total = len(tokens), valid & ~g, 0.0
+
+        def noisy(sigma):
+            eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+            return x0 + sigma[:, None, None] * eps * (~g)[..., None]
+
+        for _ in range(draws):
+            sigma = (lo + torch.rand(B, generator=generator, dtype=torch.float64) * (hi - lo)).exp().float()
+            sigma = sigma.to(x0.device)
+            den, _ = self._estimate(noisy(sigma), sigma, **cond)
+            diffusion = (hi - lo) * ((x0 - den.float()) ** 2).sum(-1) / sigma[:, None] ** 2  # (B, L)
+            floor = torch.full_like(sigma, c.sigma_min)
+            reconstruction = token_ce(self._estimate(noisy(floor), floor, **cond)[1], tokens)
+            total = total + ((diffusion + reconstruction) * target).sum(1)
+        prior = 0.5 * c.embed_dim * math.log1p(1 / c.sigma_max**2)
+        return total / draws / target.sum(1).clamp(min=1) + prior
+
     def warp_sigmas(self, steps: int) -> Tensor:
         """``steps`` levels equally spaced in the learned warp (CDCD samples this way), then 0."""
         c = self.config
