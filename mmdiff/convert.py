@@ -38,17 +38,24 @@ KINDS = {
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mmdiff.convert", description=__doc__.split("\n\n")[0])
+def configure(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``python -m mmdiff.convert`` and ``mmdiff convert`` (one set for both)."""
     p.add_argument("checkpoint", type=Path, help="the original .pt file (facebookresearch/DiT or willisma/SiT)")
     p.add_argument("out", type=Path, help="the pipeline folder to write")
     p.add_argument("--kind", choices=ORIGINAL_KINDS, default="dit", help="what the checkpoint is (default: dit)")
     p.add_argument("--vae", default=DEFAULT_VAE,
                    help=f"the autoencoder: a folder, a Hub repo id or 'none' for latent space (default {DEFAULT_VAE})")
-    p.add_argument("--num-heads", type=int, default=None, help="attention heads, for a size not in the DiT paper")
-    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the label table's rows - 1)")
+    p.add_argument("--num_heads", type=int, default=None, help="attention heads, for a size not in the DiT paper")
+    p.add_argument("--num_classes", type=int, default=None, help="classes (default: the label table's rows - 1)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights' dtype on disk")
-    return p
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> str:
+    """Convert as ``args`` say; returns the line to print."""
+    out = convert(args.checkpoint, args.out, kind=args.kind, vae=args.vae, num_heads=args.num_heads,
+                  num_classes=args.num_classes, dtype=args.dtype)
+    return f"wrote {out}: load it with mmdiff.pipeline('image', model='{out}')"
 
 
 def convert(checkpoint: Path, out: Path, *, kind: str = "dit", vae: str = DEFAULT_VAE, num_heads: int | None = None,
@@ -73,17 +80,18 @@ def convert(checkpoint: Path, out: Path, *, kind: str = "dit", vae: str = DEFAUL
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m mmdiff.convert``: the same arguments and messages as ``mmdiff convert``."""
+    parser = argparse.ArgumentParser(prog="mmdiff convert", description=__doc__.split("\n\n")[0])
+    configure(parser)
     try:
-        args = parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed its message
         return int(e.code or 0)
     try:
-        out = convert(args.checkpoint, args.out, kind=args.kind, vae=args.vae, num_heads=args.num_heads,
-                      num_classes=args.num_classes, dtype=args.dtype)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(args.run(args))
+    except (CheckpointError, OSError, ValueError) as e:
         print(f"mmdiff convert: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line: torch's are long
         return 1
-    print(f"wrote {out}: load it with mmdiff.pipeline('image', model='{out}')")
     return 0
 
 

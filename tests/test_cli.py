@@ -137,16 +137,17 @@ def test_every_sampling_field_is_a_flag_and_a_new_field_becomes_one(monkeypatch)
 
 def test_help_on_every_subcommand(capsys):
     pages = {}
-    for command in ("", "generate", "generate image", "generate video", "generate text", "serve"):
+    for command in ("", "generate", "generate image", "generate video", "generate text", "convert", "serve"):
         with pytest.raises(SystemExit) as exit:
             main([*command.split(), "--help"])
         assert exit.value.code == 0
         pages[command] = capsys.readouterr().out
-    assert "{generate,serve}" in pages[""] and "{image,video,text}" in pages["generate"]
+    assert "{generate,convert,serve}" in pages[""] and "{image,video,text}" in pages["generate"]
     for flag in ("--class_labels", "--num_inference_steps", "--sampler", "--guidance_scale", "--spacing",
                  "--seed", "--dtype", "--output", "--raw_size", "--image", "--mask", "--strength"):
         assert flag in pages["generate image"], flag
     assert "--first_frame" in pages["generate video"] and "--max_new_tokens" in pages["generate text"]
+    assert "--kind {dit,sit}" in pages["convert"] and "--num_heads" in pages["convert"]
     assert "--port" in pages["serve"] and "--max_queue" in pages["serve"]
     assert "Lin et al. 2023" in pages["generate text"]  # the field's comment in options.py is its help
 

@@ -315,16 +315,21 @@ def diffusers_vae_folder(tmp_path) -> Path:
     return tmp_path / "vae"
 
 
-def run_convert(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "mmdiff.convert", *map(str, args)], capture_output=True, text=True,
+# ``python -m mmdiff.convert`` and the ``mmdiff convert`` command are one command
+ENTRY_POINTS = {"module": ["-m", "mmdiff.convert"], "command": ["-m", "mmdiff.cli", "convert"]}
+
+
+def run_convert(*args, env=None, entry="module"):
+    return subprocess.run([sys.executable, *ENTRY_POINTS[entry], *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
 
 
-def test_convert_an_original_dit_checkpoint_with_the_cli(tmp_path):
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_convert_an_original_dit_checkpoint_with_the_cli(tmp_path, entry):
     reference = original_reference()
     torch.save({"model": {}, "ema": original_layout(reference)}, tmp_path / "DiT-tiny.pt")  # a training checkpoint
-    done = run_convert(tmp_path / "DiT-tiny.pt", tmp_path / "out", "--num-heads", 2, "--vae",
-                       diffusers_vae_folder(tmp_path))
+    done = run_convert(tmp_path / "DiT-tiny.pt", tmp_path / "out", "--num_heads", 2, "--vae",
+                       diffusers_vae_folder(tmp_path), entry=entry)
     assert done.returncode == 0, done.stderr
     assert not list((tmp_path / "out").rglob("*.pt")) and list((tmp_path / "out").rglob("*.safetensors"))
     pipe = mmdiff.pipeline("image", model=tmp_path / "out")
@@ -341,7 +346,7 @@ def test_convert_an_original_dit_checkpoint_with_the_cli(tmp_path):
 def test_convert_a_sit_checkpoint_samples_as_a_flow_model(tmp_path):
     from mmdiff.convert import main
     torch.save(original_layout(original_reference(seed=4)), tmp_path / "SiT-tiny.pt")
-    assert main([str(tmp_path / "SiT-tiny.pt"), str(tmp_path / "out"), "--kind", "sit", "--num-heads", "2",
+    assert main([str(tmp_path / "SiT-tiny.pt"), str(tmp_path / "out"), "--kind", "sit", "--num_heads", "2",
                  "--vae", "none"]) == 0
     pipe = mmdiff.pipeline("image", model=tmp_path / "out")
     assert pipe.config.prediction == "flow" and type(pipe.schedule).__name__ == "FlowSchedule"
@@ -356,6 +361,8 @@ def test_convert_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("mmdiff convert: error:") and "not a plain tensor checkpoint" in err
     assert main([str(tmp_path / "missing.pt"), str(tmp_path / "out")]) == 1
     assert main(["--kind", "unet", "a.pt", "b"]) == 2  # argparse's own message and code
+    done = run_convert(tmp_path / "code.pt", tmp_path / "out", "--vae", "none", entry="command")
+    assert done.returncode == 1 and done.stderr.startswith("mmdiff convert: error:") and done.stderr.count("\n") == 1
 
 
 def test_a_pickle_is_never_loaded_without_the_convert_step(tmp_path):
