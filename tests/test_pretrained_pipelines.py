@@ -112,6 +112,9 @@ def dit_folder(tmp_path, scheduler, learned_sigma=True):
 SCHEDULERS = {
     "ddim": lambda: DDIMScheduler(clip_sample=False),  # DiT-XL-2's: linear betas, leading spacing
     "dpm": lambda: DPMSolverMultistepScheduler(),  # ++(2M), linspace over steps + 1, final step into 0
+    # k-diffusion-style: sigma-space steps from init_noise_sigma = sigma_max (linspace), float timesteps.
+    # Not with DiTPipeline: it never scales its latents by init_noise_sigma, so Euler starts it at 1
+    "euler": lambda: EulerDiscreteScheduler(),
     "ddim-trailing-no-alpha-one": lambda: DDIMScheduler(clip_sample=False, timestep_spacing="trailing",
                                                         set_alpha_to_one=False),
     "dpm-scaled-leading-offset": lambda: DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
@@ -140,7 +143,7 @@ def test_dit_pipeline_matches_diffusers(tmp_path, scheduler, learned_sigma, step
     net, lat, pix = compare(f"DiTPipeline {scheduler}, learned sigma {learned_sigma}, {steps} steps, guidance "
                             f"{guidance}", theirs, run_theirs, ours, run_ours)
     assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs))
-    assert ours.config.sampler == {"ddim": "ddim", "dpm": "dpmpp_2m"}[scheduler.split("-")[0]]
+    assert ours.config.sampler == {"ddim": "ddim", "dpm": "dpmpp_2m", "euler": "euler"}[scheduler.split("-")[0]]
 
 
 @pytest.mark.parametrize("make, steps", [(SCHEDULERS["ddim"], [1, 7, 50, 61]), (SCHEDULERS["dpm"], [1, 7, 20, 25]),
@@ -196,11 +199,11 @@ def test_unsupported_scheduler_settings_are_refused():
 
 # ---------------------------------------------------------------------------------- PixArt
 
-def pixart_folder(tmp_path, cls, **transformer):
+def pixart_folder(tmp_path, cls, scheduler="dpm", **transformer):
     torch.manual_seed(0)
     model = randomize(PixArtTransformer2DModel(**{**PIXART, **transformer}))
     pipe = cls(tokenizer=None, text_encoder=None, vae=tiny_vae(), transformer=model,
-               scheduler=DPMSolverMultistepScheduler())  # the hub repos' scheduler
+               scheduler=SCHEDULERS[scheduler]())  # the hub repos': DPM-Solver++
     pipe.save_pretrained(tmp_path / cls.__name__)
     return pipe, tmp_path / cls.__name__
 
@@ -216,15 +219,16 @@ def caption_embeddings(batch, tokens=6, seed=5):
                 negative_prompt_attention_mask=negative_mask)
 
 
-@pytest.mark.parametrize("cls, transformer, size, steps, guidance", [
+@pytest.mark.parametrize("cls, transformer, size, steps, guidance, scheduler", [
     # PixArt-alpha 1024's layout: sample_size 128 (micro-conditions on), a coarse patch keeps it tiny
-    (PixArtAlphaPipeline, dict(sample_size=128, patch_size=8, interpolation_scale=2), (256, 256), 6, 4.5),
+    (PixArtAlphaPipeline, dict(sample_size=128, patch_size=8, interpolation_scale=2), (256, 256), 6, 4.5, "dpm"),
     # PixArt-Sigma: no micro-conditions; a wide picture off the trained grid (interpolated positions)
-    (PixArtSigmaPipeline, dict(sample_size=8, interpolation_scale=1), (16, 24), 5, 3.0),
-    (PixArtAlphaPipeline, dict(sample_size=8), (16, 16), 4, 1.0),
+    (PixArtSigmaPipeline, dict(sample_size=8, interpolation_scale=1), (16, 24), 5, 3.0, "dpm"),
+    (PixArtAlphaPipeline, dict(sample_size=8), (16, 16), 4, 1.0, "dpm"),
+    (PixArtAlphaPipeline, dict(sample_size=8), (16, 16), 6, 3.0, "euler"),  # starts at init_noise_sigma
 ])
-def test_pixart_pipeline_matches_diffusers(tmp_path, cls, transformer, size, steps, guidance):
-    theirs, folder = pixart_folder(tmp_path, cls, **transformer)
+def test_pixart_pipeline_matches_diffusers(tmp_path, cls, transformer, size, steps, guidance, scheduler):
+    theirs, folder = pixart_folder(tmp_path, cls, scheduler, **transformer)
     ours = mmdiff.pipeline("image", model=folder)
     assert ours.model.config.size_conditioning == (transformer["sample_size"] == 128)
     h, w = size
@@ -240,10 +244,11 @@ def test_pixart_pipeline_matches_diffusers(tmp_path, cls, transformer, size, ste
         return ours(**embeds, guidance_scale=guidance, num_inference_steps=steps, latents=latents, height=h, width=w,
                     output_type="latent", progress=False)
 
-    net, lat, pix = compare(f"{cls.__name__} {transformer}, {h}x{w}, {steps} steps, guidance {guidance}", theirs,
-                            run_theirs, ours, run_ours, uncond_first=True)
+    name = f"{cls.__name__} {transformer}, {scheduler}, {h}x{w}, {steps} steps, guidance {guidance}"
+    net, lat, pix = compare(name, theirs, run_theirs, ours, run_ours, uncond_first=True)
     assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs))
-    assert ours.config.sampler == "dpmpp_2m" and ours.config.steps == 20 and ours.config.guidance_scale == 4.5
+    assert ours.config.sampler == {"dpm": "dpmpp_2m", "euler": "euler"}[scheduler]
+    assert ours.config.steps == 20 and ours.config.guidance_scale == 4.5
 
 
 def test_pixart_without_text_encoder_needs_embeddings(tmp_path):
