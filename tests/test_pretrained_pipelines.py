@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import (AutoencoderKL, Transformer2DModel, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
-                       EulerDiscreteScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel)
+from diffusers import (AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
+                       EulerDiscreteScheduler, Transformer2DModel, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel)
 from test_pretrained_dit import (CHANNELS, CLASSES, DIT, PIXART, SIZE, dit_inputs, original_layout, original_reference,
                                  randomize, tie_embedders)
 
@@ -134,7 +134,8 @@ def test_dit_pipeline_matches_diffusers(tmp_path, scheduler, learned_sigma, step
     latents = torch.randn(3, CHANNELS, 8, 8, generator=torch.manual_seed(11))  # what diffusers draws from seed 11
 
     def run_theirs():
-        return theirs(labels, guidance_scale=guidance, num_inference_steps=steps, generator=torch.manual_seed(11)).images
+        return theirs(labels, guidance_scale=guidance, num_inference_steps=steps,
+                      generator=torch.manual_seed(11)).images
 
     def run_ours():
         return ours(labels, guidance_scale=guidance, num_inference_steps=steps, latents=latents, output_type="latent",
@@ -275,7 +276,8 @@ def test_a_loaded_pipeline_exports_to_our_format_and_samples_the_same(tmp_path):
     ours = mmdiff.pipeline("image", model=folder)
     again = mmdiff.pipeline("image", model=ours.save_pretrained(tmp_path / "export"))
     assert (tmp_path / "export" / "pipeline.json").is_file()
-    assert schedule_config(again.schedule) == schedule_config(ours.schedule) and again.schedule.final_level == "first"  # the diffusers options kept
+    # the diffusers-exact options survive the export
+    assert schedule_config(again.schedule) == schedule_config(ours.schedule) and again.schedule.final_level == "first"
     latents = torch.randn(2, CHANNELS, 8, 8, generator=torch.manual_seed(1))
     run = dict(class_labels=[2, 5], num_inference_steps=4, latents=latents, output_type="latent", progress=False)
     assert torch.equal(ours(**run), again(**run))
@@ -284,8 +286,9 @@ def test_a_loaded_pipeline_exports_to_our_format_and_samples_the_same(tmp_path):
 
 def test_the_legacy_transformer2d_class_loads_as_the_hub_repos_ship_it(tmp_path):
     torch.manual_seed(0)
-    legacy = Transformer2DModel(**{**DIT, "num_embeds_ada_norm": 1000}, out_channels=2 * CHANNELS, attention_bias=True,
-                                activation_fn="gelu-approximate", norm_type="ada_norm_zero", norm_elementwise_affine=False)
+    legacy = Transformer2DModel(**{**DIT, "num_embeds_ada_norm": 1000}, out_channels=2 * CHANNELS,
+                                attention_bias=True, activation_fn="gelu-approximate", norm_type="ada_norm_zero",
+                                norm_elementwise_affine=False)
     theirs = DiTPipeline(transformer=tie_embedders(randomize(legacy)), vae=tiny_vae(),
                          scheduler=DDIMScheduler(clip_sample=False))
     theirs.save_pretrained(tmp_path / "dit")
@@ -413,7 +416,8 @@ def test_a_cached_hub_repo_loads_without_any_network_call(tmp_path):
     done = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded DiT dpmpp_2m" in done.stdout
-    assert "refused: 'tiny-org/not-cached' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in done.stdout
+    expected = "refused: 'tiny-org/not-cached' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    assert expected in done.stdout
 
 
 def tiny_t5(folder: Path):
@@ -449,7 +453,8 @@ def test_pixart_with_its_t5_encoder_matches_diffusers(tmp_path):
         "PixArtAlphaPipeline with a T5 encoder", theirs,
         lambda: theirs(prompts, num_inference_steps=4, latents=latents.clone(), clean_caption=False,
                        use_resolution_binning=False).images,
-        ours, lambda: ours(prompt=prompts, num_inference_steps=4, latents=latents, output_type="latent", progress=False),
+        ours, lambda: ours(prompt=prompts, num_inference_steps=4, latents=latents, output_type="latent",
+                           progress=False),
         uncond_first=True)
     assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs))
 
