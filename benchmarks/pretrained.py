@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -109,15 +108,21 @@ def sampler(kind: str, library: str, pipe, dtype):
     return sample
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024
+
+
 def memory(kind: str, library: str, dtype_name: str, folder: Path) -> dict:
-    """In a fresh process: load (wall s), RSS after load, peak RSS over a 2-step sample."""
+    """In a fresh process: load (wall s), peak RSS over the load, and over it and a 2-step sample."""
     torch.set_num_threads(1)
     start = time.perf_counter()
     pipe = load(kind, library, DTYPES[dtype_name], folder)
     seconds = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    after = peak_rss_mb()
     sampler(kind, library, pipe, DTYPES[dtype_name])(2)
-    return {"load_s": seconds, "load_rss_mb": after, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"load_s": seconds, "load_rss_mb": after, "peak_rss_mb": peak_rss_mb()}
 
 
 def timings(kind: str, dtype_name: str, folder: Path, steps: int, rounds: int) -> dict:
@@ -158,7 +163,7 @@ def report(kind: str, results: dict, steps: int, rounds: int) -> str:
                      f"{theirs['sample_s'] / ours['sample_s']:.2f}x throughput"])
     name = {"dit": "DiT-XL/2 256 px (DDIM, class label 207, guidance 4)",
             "pixart": "PixArt-XL/2 512 px (DPM-Solver++, 120-token caption embeddings, guidance 4.5)"}[kind]
-    header = ["library", "weights", "load s", "RSS after load MB", "peak RSS MB", "CPU s/step",
+    header = ["library", "weights", "load s", "peak RSS of the load MB", "peak RSS MB", "CPU s/step",
               "decode + call CPU s", f"{steps}-step sample CPU s"]
     return (f"### {name}\n\nCommand: `python benchmarks/pretrained.py --model {kind} --steps {steps} --write_docs`. "
             f"Random weights at full size, written by diffusers' `save_pretrained` (the hub repos' layout). Load and "
@@ -185,10 +190,9 @@ def main(argv=None):
         folder = args.folder or Path(tmp) / args.model
         if not (folder / "model_index.json").is_file():
             write_folder(args.model, folder)
-        results = {}
+        results = {(library, dtype): run(args.model, library, dtype, folder)
+                   for dtype in DTYPES for library in ("diffusers", "mmdiff")}
         for dtype in DTYPES:
-            for library in ("diffusers", "mmdiff"):
-                results[(library, dtype)] = run(args.model, library, dtype, folder)
             for library, numbers in timings(args.model, dtype, folder, args.steps, args.rounds).items():
                 results[(library, dtype)].update(numbers)
             print(dtype, {k: v for k, v in results.items() if k[1] == dtype}, flush=True)

@@ -82,8 +82,8 @@ def _load(cls, folder: Path):
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise CheckpointError(f"{folder} holds pickle file(s) {pickles} and no pipeline.json; mmdiff never unpickles "
-                              f"implicitly. An original DiT/SiT checkpoint converts explicitly: python -m mmdiff.convert "
-                              f"{folder / pickles[0]} OUT_FOLDER (--kind sit for SiT)")
+                              f"implicitly. An original DiT/SiT checkpoint converts explicitly: "
+                              f"python -m mmdiff.convert {folder / pickles[0]} OUT_FOLDER (--kind sit for SiT)")
     raise CheckpointError(f"{folder / 'pipeline.json'} is missing: {folder} is neither a pipeline folder written by "
                           f"save_pretrained nor a diffusers one ({MODEL_INDEX}, or a model's {CONFIG_NAME} with "
                           f"_class_name); it holds {sorted(p.name for p in folder.iterdir())}")

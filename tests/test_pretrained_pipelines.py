@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import (AutoencoderKL, Transformer2DModel, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
-                       EulerDiscreteScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel)
+from diffusers import (AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler,
+                       EulerDiscreteScheduler, Transformer2DModel, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel)
 from test_pretrained_dit import (CHANNELS, CLASSES, DIT, PIXART, SIZE, dit_inputs, original_layout, original_reference,
                                  randomize, tie_embedders)
 
@@ -112,6 +112,9 @@ def dit_folder(tmp_path, scheduler, learned_sigma=True):
 SCHEDULERS = {
     "ddim": lambda: DDIMScheduler(clip_sample=False),  # DiT-XL-2's: linear betas, leading spacing
     "dpm": lambda: DPMSolverMultistepScheduler(),  # ++(2M), linspace over steps + 1, final step into 0
+    # k-diffusion-style: sigma-space steps from init_noise_sigma = sigma_max (linspace), float timesteps.
+    # Not with DiTPipeline: it never scales its latents by init_noise_sigma, so Euler starts it at 1
+    "euler": lambda: EulerDiscreteScheduler(),
     "ddim-trailing-no-alpha-one": lambda: DDIMScheduler(clip_sample=False, timestep_spacing="trailing",
                                                         set_alpha_to_one=False),
     "dpm-scaled-leading-offset": lambda: DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
@@ -131,7 +134,8 @@ def test_dit_pipeline_matches_diffusers(tmp_path, scheduler, learned_sigma, step
     latents = torch.randn(3, CHANNELS, 8, 8, generator=torch.manual_seed(11))  # what diffusers draws from seed 11
 
     def run_theirs():
-        return theirs(labels, guidance_scale=guidance, num_inference_steps=steps, generator=torch.manual_seed(11)).images
+        return theirs(labels, guidance_scale=guidance, num_inference_steps=steps,
+                      generator=torch.manual_seed(11)).images
 
     def run_ours():
         return ours(labels, guidance_scale=guidance, num_inference_steps=steps, latents=latents, output_type="latent",
@@ -140,7 +144,7 @@ def test_dit_pipeline_matches_diffusers(tmp_path, scheduler, learned_sigma, step
     net, lat, pix = compare(f"DiTPipeline {scheduler}, learned sigma {learned_sigma}, {steps} steps, guidance "
                             f"{guidance}", theirs, run_theirs, ours, run_ours)
     assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs))
-    assert ours.config.sampler == {"ddim": "ddim", "dpm": "dpmpp_2m"}[scheduler.split("-")[0]]
+    assert ours.config.sampler == {"ddim": "ddim", "dpm": "dpmpp_2m", "euler": "euler"}[scheduler.split("-")[0]]
 
 
 @pytest.mark.parametrize("make, steps", [(SCHEDULERS["ddim"], [1, 7, 50, 61]), (SCHEDULERS["dpm"], [1, 7, 20, 25]),
@@ -196,11 +200,11 @@ def test_unsupported_scheduler_settings_are_refused():
 
 # ---------------------------------------------------------------------------------- PixArt
 
-def pixart_folder(tmp_path, cls, **transformer):
+def pixart_folder(tmp_path, cls, scheduler="dpm", **transformer):
     torch.manual_seed(0)
     model = randomize(PixArtTransformer2DModel(**{**PIXART, **transformer}))
     pipe = cls(tokenizer=None, text_encoder=None, vae=tiny_vae(), transformer=model,
-               scheduler=DPMSolverMultistepScheduler())  # the hub repos' scheduler
+               scheduler=SCHEDULERS[scheduler]())  # the hub repos': DPM-Solver++
     pipe.save_pretrained(tmp_path / cls.__name__)
     return pipe, tmp_path / cls.__name__
 
@@ -216,15 +220,16 @@ def caption_embeddings(batch, tokens=6, seed=5):
                 negative_prompt_attention_mask=negative_mask)
 
 
-@pytest.mark.parametrize("cls, transformer, size, steps, guidance", [
+@pytest.mark.parametrize("cls, transformer, size, steps, guidance, scheduler", [
     # PixArt-alpha 1024's layout: sample_size 128 (micro-conditions on), a coarse patch keeps it tiny
-    (PixArtAlphaPipeline, dict(sample_size=128, patch_size=8, interpolation_scale=2), (256, 256), 6, 4.5),
+    (PixArtAlphaPipeline, dict(sample_size=128, patch_size=8, interpolation_scale=2), (256, 256), 6, 4.5, "dpm"),
     # PixArt-Sigma: no micro-conditions; a wide picture off the trained grid (interpolated positions)
-    (PixArtSigmaPipeline, dict(sample_size=8, interpolation_scale=1), (16, 24), 5, 3.0),
-    (PixArtAlphaPipeline, dict(sample_size=8), (16, 16), 4, 1.0),
+    (PixArtSigmaPipeline, dict(sample_size=8, interpolation_scale=1), (16, 24), 5, 3.0, "dpm"),
+    (PixArtAlphaPipeline, dict(sample_size=8), (16, 16), 4, 1.0, "dpm"),
+    (PixArtAlphaPipeline, dict(sample_size=8), (16, 16), 6, 3.0, "euler"),  # starts at init_noise_sigma
 ])
-def test_pixart_pipeline_matches_diffusers(tmp_path, cls, transformer, size, steps, guidance):
-    theirs, folder = pixart_folder(tmp_path, cls, **transformer)
+def test_pixart_pipeline_matches_diffusers(tmp_path, cls, transformer, size, steps, guidance, scheduler):
+    theirs, folder = pixart_folder(tmp_path, cls, scheduler, **transformer)
     ours = mmdiff.pipeline("image", model=folder)
     assert ours.model.config.size_conditioning == (transformer["sample_size"] == 128)
     h, w = size
@@ -240,10 +245,11 @@ def test_pixart_pipeline_matches_diffusers(tmp_path, cls, transformer, size, ste
         return ours(**embeds, guidance_scale=guidance, num_inference_steps=steps, latents=latents, height=h, width=w,
                     output_type="latent", progress=False)
 
-    net, lat, pix = compare(f"{cls.__name__} {transformer}, {h}x{w}, {steps} steps, guidance {guidance}", theirs,
-                            run_theirs, ours, run_ours, uncond_first=True)
+    name = f"{cls.__name__} {transformer}, {scheduler}, {h}x{w}, {steps} steps, guidance {guidance}"
+    net, lat, pix = compare(name, theirs, run_theirs, ours, run_ours, uncond_first=True)
     assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs))
-    assert ours.config.sampler == "dpmpp_2m" and ours.config.steps == 20 and ours.config.guidance_scale == 4.5
+    assert ours.config.sampler == {"dpm": "dpmpp_2m", "euler": "euler"}[scheduler]
+    assert ours.config.steps == 20 and ours.config.guidance_scale == 4.5
 
 
 def test_pixart_without_text_encoder_needs_embeddings(tmp_path):
@@ -270,7 +276,8 @@ def test_a_loaded_pipeline_exports_to_our_format_and_samples_the_same(tmp_path):
     ours = mmdiff.pipeline("image", model=folder)
     again = mmdiff.pipeline("image", model=ours.save_pretrained(tmp_path / "export"))
     assert (tmp_path / "export" / "pipeline.json").is_file()
-    assert schedule_config(again.schedule) == schedule_config(ours.schedule) and again.schedule.final_level == "first"  # the diffusers options kept
+    # the diffusers-exact options survive the export
+    assert schedule_config(again.schedule) == schedule_config(ours.schedule) and again.schedule.final_level == "first"
     latents = torch.randn(2, CHANNELS, 8, 8, generator=torch.manual_seed(1))
     run = dict(class_labels=[2, 5], num_inference_steps=4, latents=latents, output_type="latent", progress=False)
     assert torch.equal(ours(**run), again(**run))
@@ -279,8 +286,9 @@ def test_a_loaded_pipeline_exports_to_our_format_and_samples_the_same(tmp_path):
 
 def test_the_legacy_transformer2d_class_loads_as_the_hub_repos_ship_it(tmp_path):
     torch.manual_seed(0)
-    legacy = Transformer2DModel(**{**DIT, "num_embeds_ada_norm": 1000}, out_channels=2 * CHANNELS, attention_bias=True,
-                                activation_fn="gelu-approximate", norm_type="ada_norm_zero", norm_elementwise_affine=False)
+    legacy = Transformer2DModel(**{**DIT, "num_embeds_ada_norm": 1000}, out_channels=2 * CHANNELS,
+                                attention_bias=True, activation_fn="gelu-approximate", norm_type="ada_norm_zero",
+                                norm_elementwise_affine=False)
     theirs = DiTPipeline(transformer=tie_embedders(randomize(legacy)), vae=tiny_vae(),
                          scheduler=DDIMScheduler(clip_sample=False))
     theirs.save_pretrained(tmp_path / "dit")
@@ -408,7 +416,8 @@ def test_a_cached_hub_repo_loads_without_any_network_call(tmp_path):
     done = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded DiT dpmpp_2m" in done.stdout
-    assert "refused: 'tiny-org/not-cached' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in done.stdout
+    expected = "refused: 'tiny-org/not-cached' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    assert expected in done.stdout
 
 
 def tiny_t5(folder: Path):
@@ -444,7 +453,8 @@ def test_pixart_with_its_t5_encoder_matches_diffusers(tmp_path):
         "PixArtAlphaPipeline with a T5 encoder", theirs,
         lambda: theirs(prompts, num_inference_steps=4, latents=latents.clone(), clean_caption=False,
                        use_resolution_binning=False).images,
-        ours, lambda: ours(prompt=prompts, num_inference_steps=4, latents=latents, output_type="latent", progress=False),
+        ours, lambda: ours(prompt=prompts, num_inference_steps=4, latents=latents, output_type="latent",
+                           progress=False),
         uncond_first=True)
     assert net <= NET_TOL and lat <= latent_tol(theirs_latents(theirs))
 

@@ -348,7 +348,8 @@ def schedule_config(schedule: Schedule) -> dict:
                 "beta_start": schedule.beta_start, "beta_end": schedule.beta_end,
                 "zero_terminal_snr": schedule.zero_terminal_snr, "steps_offset": schedule.steps_offset,
                 "default_spacing": schedule.default_spacing,
-                **{k: getattr(schedule, k) for k, default in DIFFUSERS_EXACT.items() if getattr(schedule, k) != default}}
+                **{k: getattr(schedule, k) for k, default in DIFFUSERS_EXACT.items()
+                   if getattr(schedule, k) != default}}
     if isinstance(schedule, FlowSchedule):
         return {"name": "flow", "shift": schedule.shift, "num_timesteps": schedule.num_timesteps,
                 "default_spacing": schedule.default_spacing}
