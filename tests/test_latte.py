@@ -210,6 +210,9 @@ def test_latte_pipeline_matches_diffusers(tmp_path, scheduler, prompt, steps, gu
     theirs, folder = latte_folder(tmp_path, scheduler)
     ours = mmdiff.pipeline("video", model=folder)
     assert ours.config.sampler == {"ddim": "ddim", "dpm": "dpmpp_2m"}[scheduler]
+    defaults = inspect.signature(LattePipeline.__call__).parameters  # the pipeline's own defaults
+    assert (ours.config.steps, ours.config.guidance_scale) == (defaults["num_inference_steps"].default,
+                                                              defaults["guidance_scale"].default)
     net, lat, pixels = run_pair(theirs, ours, steps, guidance, prompt=prompt)
     assert net <= TOL and lat <= 1e-4
     assert pixels.max() <= 1 and (pixels > 0).mean() < 1e-3  # 8-bit: at most a rounding boundary apart
