@@ -25,7 +25,7 @@ from .core.checkpoint import (CheckpointError, atomic_write_dir, component_folde
 from .core.dit import DiT
 from .core.guidance import cfg, keep_known, partial_start
 from .core.parametrization import Denoiser
-from .core.samplers import check_sigmas, per_sample_generators, randn, sample
+from .core.samplers import SAMPLERS, check_sampler, check_sigmas, per_sample_generators, randn, sample
 from .core.schedules import SPACINGS, Schedule, schedule_config, schedule_from_config
 from .options import SamplingOptions
 from .pretrained import load_diffusers
@@ -63,6 +63,7 @@ class Pipeline(LoraAdapters):
     default_model: str | None = None  # the folder under mmdiff/assets that ``default()`` loads
     spacings: tuple[str, ...] = SPACINGS
     progress: bool = True  # show a progress bar unless the call says otherwise
+    sampler_registry: dict = SAMPLERS  # where ``options.sampler`` is looked up (masked text: core.masked)
 
     def __init__(self, components: dict[str, Any], schedule: Schedule, config: PipelineConfig):
         if "model" not in components:
@@ -151,7 +152,15 @@ class Pipeline(LoraAdapters):
     def options(self, options: SamplingOptions | None = None, **keywords) -> SamplingOptions:
         """The call's sampling options, defaults filled in from this pipeline and checked: the
         one place a bad sampler, step count, schedule or sampler option is refused."""
-        return SamplingOptions.build(options, **keywords).resolve(self.config, self.spacings, self.progress)
+        opts = SamplingOptions.build(options, **keywords)
+        if self.sampler_registry is SAMPLERS:
+            return opts.resolve(self.config, self.spacings, self.progress)
+        # another family's sampler: checked against its registry, everything else as for the rest
+        name = opts.sampler or self.config.sampler
+        check_sampler(name, opts.sampler_options, self.sampler_registry)
+        plain = dataclasses.replace(opts, sampler=next(iter(SAMPLERS)), sampler_options={})
+        return dataclasses.replace(plain.resolve(self.config, self.spacings, self.progress), sampler=name,
+                                   sampler_options=opts.sampler_options)
 
     def sigmas(self, steps: int | None = None, spacing: str | None = None) -> torch.Tensor:
         return self.schedule.sigmas(steps or self.config.steps, spacing or self.config.spacing)

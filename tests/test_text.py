@@ -47,7 +47,7 @@ def sp():
     return train_sentencepiece(corpus(), vocab_size=400)
 
 
-def tiny(objective="diffusion", vocab=24, length=12, **kw):
+def tiny(objective="continuous", vocab=24, length=12, **kw):
     torch.manual_seed(0)
     model = TextModel(TextModelConfig(vocab_size=vocab, max_length=length, objective=objective, embed_dim=8,
                                       hidden_size=32, depth=2, num_heads=2, **kw)).eval()
@@ -426,7 +426,7 @@ def test_text_configs_parse():
     for name in ("text_docstrings", "text_markov", "text_owt_plaid"):
         train, args = parse_config([TrainConfig, TextArgs], ["--config", str(ROOT / "recipes" / "configs" /
                                                                               f"{name}.yaml")])
-        assert args.objective == "diffusion" and train.max_steps > 0
+        assert args.objective == "continuous" and train.max_steps > 0
 
 
 # ------------------------------------------------------------------------------------ shipped model
@@ -489,3 +489,19 @@ def test_shipped_model_denoises_held_out_docstrings():
     assert ce < 1.68
     # bf16 weights, sampling's fast path, denoise as well (measured: 1.5936 against 1.5932)
     assert abs(held_out_ce(mmdiff.pipeline("text", dtype=torch.bfloat16).model.eval()) - ce) < 0.01
+
+
+def test_shipped_default_continues_prompts_with_words_of_the_training_docstrings():
+    """The default's continuations are made of words that occur in its training docstrings: 88% of
+    the 144 words of these 15 continuations (5 prompts x seeds 0-2, 24 new tokens, the default 64
+    dpmpp_2m_sde steps; docs/text.md). Invented words ("mawericity") are the rest."""
+    from mmdiff.data.text import build_text_corpus
+    from mmdiff.eval.text import word_share
+    pipe = mmdiff.pipeline("text")
+    prompts = ["The function returns", "Raise ValueError if", "Return the number of", "Args:", "This method"]
+    texts = [c for seed in range(3) for c in pipe(prompts, max_new_tokens=24, generator=seed)]
+    reference = build_text_corpus("python-docstrings", "train").texts
+    share = word_share(texts, reference)
+    print(f"share of continuation words found in the training docstrings: {share:.3f}")
+    assert share > 0.8
+    assert word_share(["the function returns anum mawericity Teiinestal dueanipvity"], reference) == pytest.approx(3 / 7)

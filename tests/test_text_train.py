@@ -22,7 +22,7 @@ def test_markov_diffusion_beats_unigram_and_uniform(tmp_path):
                          "--validation_steps", "0", "--checkpointing_steps", "1000",
                          "--report_to", "none", "--progress", "false"])
     pipe = mmdiff.pipeline("text", model=export)
-    assert pipe.model.config.objective == "diffusion" and pipe.tokenizer.vocab_size == 32
+    assert pipe.model.config.objective == "continuous" and pipe.tokenizer.vocab_size == 32
     ids = generate(pipe, 64, num_inference_steps=32, sampler="dpmpp_2m")
     chain = MarkovChain()
     nll = chain.nll_per_token(ids).mean().item()

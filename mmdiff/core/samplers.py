@@ -316,25 +316,28 @@ def evaluations(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler == "heun" else steps
 
 
-def sampler_option_names(sampler: str) -> list[str]:
+def sampler_option_names(sampler: str, registry: dict | None = None) -> list[str]:
     """The named sampler's own options (``eta``, ``order``...), besides the shared generator,
-    callback and progress; an unknown name lists the known ones."""
-    fn = SAMPLERS.get(sampler)
+    callback and progress; an unknown name lists the known ones. ``registry``: another family's
+    samplers of the same shape (``core.masked.MASKED_SAMPLERS``), default ``SAMPLERS``."""
+    registry = SAMPLERS if registry is None else registry
+    fn = registry.get(sampler)
     if fn is None:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(registry)}")
     params = inspect.signature(fn).parameters
     return sorted(p for p, v in params.items() if v.kind is v.KEYWORD_ONLY
                   and p not in ("generator", "callback", "progress"))
 
 
-def check_sampler(sampler: str, options: dict) -> None:
+def check_sampler(sampler: str, options: dict, registry: dict | None = None) -> None:
     """Names, and values of the defaults' types: numbers finite and >= 0 (eta, s_noise, order),
     strings for strings (solver_type, time), bools for bools (legacy, use_corrector)."""
-    names = sampler_option_names(sampler)
+    names = sampler_option_names(sampler, registry)
     unknown = sorted(set(options) - set(names))
     if unknown:
         raise ValueError(f"sampler '{sampler}' has no option(s) {unknown}; its options are {names}")
-    defaults = {k: v.default for k, v in inspect.signature(SAMPLERS[sampler]).parameters.items()}
+    fn = (SAMPLERS if registry is None else registry)[sampler]
+    defaults = {k: v.default for k, v in inspect.signature(fn).parameters.items()}
     for key, value in options.items():
         default = defaults[key]
         if isinstance(default, bool) or isinstance(default, str):

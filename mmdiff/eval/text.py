@@ -4,6 +4,7 @@ unigram entropy and distinct-n, and held-out windows tokenized like the training
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -74,3 +75,18 @@ def text_scores(ids: torch.Tensor, pipe, scorer=None) -> dict:
     if scorer is not None:
         out["gen_ppl"] = perplexity(scorer, for_scorer(ids, pipe, scorer))
     return out
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased runs of letters: what counts as a word for ``word_share``."""
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def word_share(texts: list[str], reference: list[str]) -> float:
+    """Share of the words of ``texts`` that occur somewhere in ``reference`` (e.g. the training
+    docstrings): 1 for text made of known words, low for invented ones ("diten")."""
+    known = {w for t in reference for w in words(t)}
+    found = [w for t in texts for w in words(t)]
+    if not found:
+        raise ValueError("word_share: the texts hold no words to score")
+    return sum(w in known for w in found) / len(found)

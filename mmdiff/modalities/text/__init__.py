@@ -1,6 +1,7 @@
 """The text modality: continuous diffusion over token embeddings (CDCD, Dieleman et al. 2022), on
-the same core as images and video; ``objective="ar"`` builds the autoregressive baseline (the same
-DiT, causal, next-token cross-entropy).
+the same core as images and video; ``objective="masked"`` is masked (absorbing-state) diffusion
+over token ids (MDLM, ``mmdiff.core.masked``) on the same DiT; ``objective="ar"`` builds the
+autoregressive baseline (the same DiT, causal, next-token cross-entropy).
 
 ``model.py`` is the network and its denoiser, ``task.py`` what training needs, ``pipeline.py``
 what sampling needs; token windows are ``mmdiff.data.windows``, tokenizers

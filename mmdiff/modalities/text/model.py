@@ -1,5 +1,6 @@
 """The text network: token embeddings + the core DiT, trained with cross-entropy (continuous
-diffusion over embeddings, or the autoregressive baseline), and its denoiser for the core samplers.
+diffusion over embeddings, masked diffusion over token ids, or the autoregressive baseline), and
+its denoisers for the core samplers.
 
 A token sequence becomes a sequence of learned embeddings ``E[tokens]`` whose rows are kept at norm
 ``sqrt(embed_dim)``; noise is added in the core's VE form ``x = x0 + sigma * eps``. The core DiT sees
@@ -7,6 +8,10 @@ A token sequence becomes a sequence of learned embeddings ``E[tokens]`` whose ro
 vocabulary. The denoiser handed to the core samplers is the *score interpolation*
 ``D(x, sigma) = softmax(logits) @ E`` (``ScoreInterpolation``). Training noise levels follow CDCD's
 time warping (``TimeWarp``).
+
+``objective="masked"`` is MDLM (``core.masked``): the same DiT reads token ids with an extra
+[MASK] row in the embedding table (no time input) and predicts ``x0`` under SUBS; the loss is the
+continuous-time NELBO.
 """
 from __future__ import annotations
 
@@ -19,12 +24,14 @@ from torch import nn
 
 from ...core.checkpoint import PretrainedMixin
 from ...core.dit import DiT, DiTConfig
+from ...core.masked import MaskSchedule, corrupt, nelbo_terms, subs_log_probs, training_times
 from ...core.parametrization import LevelMemo, append_dims, host_level, sample_training_sigmas
 from ...core.patch import PatchConfig
 from ...core.schedules import EDMSchedule
 from ...registry import register_component
 
-OBJECTIVES = ("diffusion", "ar")
+OBJECTIVES = ("continuous", "masked", "ar")
+LEGACY_OBJECTIVES = {"diffusion": "continuous"}  # the name configs and exports used before "masked" existed
 NOISE_DISTRIBUTIONS = ("warp", "uniform", "lognormal", "loguniform")
 Tensor = torch.Tensor
 
@@ -84,7 +91,7 @@ def token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
 class TextModelConfig:
     vocab_size: int = 4096
     max_length: int = 64
-    objective: str = "diffusion"  # "diffusion" | "ar" (causal next-token baseline, same DiT)
+    objective: str = "continuous"  # "continuous" | "masked" | "ar" (causal next-token baseline, same DiT)
     embed_dim: int = 64
     hidden_size: int = 256
     depth: int = 6
@@ -99,9 +106,11 @@ class TextModelConfig:
     rho: float = 7.0
     noise_distribution: str = "warp"  # training noise levels: warp | uniform | lognormal | loguniform
     warp_bins: int = 64
+    mask_schedule: str = "loglinear"  # masked: alpha(t), the share of clean tokens (core.masked.MaskSchedule)
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
+        self.objective = LEGACY_OBJECTIVES.get(self.objective, self.objective)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective '{self.objective}'; choose one of {OBJECTIVES}")
         if self.noise_distribution not in NOISE_DISTRIBUTIONS:
@@ -123,18 +132,20 @@ class TextModel(PretrainedMixin, nn.Module):
     def __init__(self, config: TextModelConfig):
         super().__init__()
         self.config = c = config
-        self.diffusion = c.objective == "diffusion"
-        # The AR model reads one extra row: the start symbol its first prediction is conditioned on.
+        self.diffusion = c.objective == "continuous"
+        self.masked = c.objective == "masked"
+        # One extra row: the AR model's start symbol, or the masked model's [MASK] (id vocab_size).
         self.embedding = nn.Parameter(torch.randn(c.vocab_size + (0 if self.diffusion else 1), c.embed_dim))
         channels = c.embed_dim * (2 if self.diffusion and c.self_conditioning else 1)
         self.dit = DiT(DiTConfig(
             patch=PatchConfig("sequence", channels, (c.max_length,), positions=c.positions),
             out_channels=c.vocab_size, hidden_size=c.hidden_size, depth=c.depth, num_heads=c.num_heads,
             mlp_ratio=c.mlp_ratio, qk_norm=c.qk_norm, given_embedding=self.diffusion,
-            attention="joint" if self.diffusion else "causal", gradient_checkpointing=c.gradient_checkpointing))
+            attention="causal" if c.objective == "ar" else "joint", gradient_checkpointing=c.gradient_checkpointing))
         self.warp = (TimeWarp(c.warp_bins, math.log(c.vocab_size))
                      if self.diffusion and c.noise_distribution == "warp" else None)
         self._levels = LevelMemo(self._level_inputs)
+        self.mask_schedule = MaskSchedule(c.mask_schedule)
 
     @property
     def schedule(self) -> EDMSchedule:
@@ -233,6 +244,43 @@ class TextModel(PretrainedMixin, nn.Module):
             logs["warp_mse"] = warp_loss.detach()
         return {"loss": loss, "logs": logs, "per_sequence": per_seq.detach(), "sigma": sigma}
 
+    def _estimate(self, x: Tensor, sigma: Tensor, **cond) -> tuple[Tensor, Tensor]:
+        """``denoise`` after one pass that feeds the model its own estimate (as sampling does):
+        still a function of ``(x, sigma)`` alone."""
+        x0, logits = self.denoise(x, sigma, None, **cond)
+        return self.denoise(x, sigma, x0, **cond) if self.config.self_conditioning else (x0, logits)
+
+    @torch.no_grad()
+    def continuous_nelbo(self, tokens: Tensor, attention_mask: Tensor | None = None, given: Tensor | None = None,
+                         draws: int = 16, generator=None) -> Tensor:
+        """Per-sequence upper bound on the NLL per token (B,) of a continuous model, in nats: the
+        Gaussian diffusion ELBO in VE form (VDM's continuous time, SNR = 1 / sigma^2) over
+        [sigma_min, sigma_max] with the prior N(0, sigma_max^2 + 1) that sampling starts from and
+        the logits at sigma_min as decoder: ``-log p(w | x_min) + log(sigma_max / sigma_min) *
+        E_u ||x0 - D(x, sigma)||^2 / sigma^2`` (log sigma ~ U) ``+ D / 2 log(1 + 1 / sigma_max^2)``."""
+        c, E = self.config, self.embeddings()
+        x0 = E[tokens]  # (B, L, D)
+        valid = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        g = torch.zeros_like(valid) if given is None else given.bool()
+        cond = {"given": g if given is not None else None, "attention_mask": attention_mask}
+        lo, hi = math.log(c.sigma_min), math.log(c.sigma_max)
+        B, target, total = len(tokens), valid & ~g, 0.0
+
+        def noisy(sigma):
+            eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+            return x0 + sigma[:, None, None] * eps * (~g)[..., None]
+
+        for _ in range(draws):
+            sigma = (lo + torch.rand(B, generator=generator, dtype=torch.float64) * (hi - lo)).exp().float()
+            sigma = sigma.to(x0.device)
+            den, _ = self._estimate(noisy(sigma), sigma, **cond)
+            diffusion = (hi - lo) * ((x0 - den.float()) ** 2).sum(-1) / sigma[:, None] ** 2  # (B, L)
+            floor = torch.full_like(sigma, c.sigma_min)
+            reconstruction = token_ce(self._estimate(noisy(floor), floor, **cond)[1], tokens)
+            total = total + ((diffusion + reconstruction) * target).sum(1)
+        prior = 0.5 * c.embed_dim * math.log1p(1 / c.sigma_max**2)
+        return total / draws / target.sum(1).clamp(min=1) + prior
+
     def warp_sigmas(self, steps: int) -> Tensor:
         """``steps`` levels equally spaced in the learned warp (CDCD samples this way), then 0."""
         c = self.config
@@ -241,13 +289,53 @@ class TextModel(PretrainedMixin, nn.Module):
         sig = (lo + u * (hi - lo)).exp()
         return torch.cat([sig, sig.new_zeros(1)]).float()
 
+    # ------------------------------------------------------------------------- masked (MDLM)
+    def input_embeddings(self) -> Tensor:
+        """(V + 1, D) rows of norm sqrt(D), the extra row included (AR and masked inputs)."""
+        return F.normalize(self.embedding.float(), dim=-1) * math.sqrt(self.config.embed_dim)
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.vocab_size
+
+    def masked_log_probs(self, x: Tensor, attention_mask: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        """SUBS ``log p(x0 | x)`` (B, L, V) for ids ``x`` (B, L) holding ``mask_id`` where masked.
+        No time input: the masked ids say how much is left (so an unchanged ``x`` may be cached)."""
+        h = self.input_embeddings()[x].to(self.embedding.dtype)  # (B, L, D)
+        logits = self.dit(h, torch.zeros(x.shape[0], device=x.device), attention_mask=attention_mask)
+        return subs_log_probs(logits if temperature == 1 else logits.float() / temperature, x, self.mask_id)
+
+    def masked_loss(self, tokens: Tensor, attention_mask: Tensor | None = None, given: Tensor | None = None,
+                    t: Tensor | None = None, generator=None) -> dict:
+        """The NELBO per token to generate (neither given nor padding): one draw of ``t`` per sequence."""
+        valid = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        keep = ~valid if given is None else (~valid | given.bool())
+        t = training_times(tokens.shape[0], generator=generator) if t is None else t
+        x, masked = corrupt(tokens, t, self.mask_schedule, self.mask_id, keep, generator)
+        logp = self.masked_log_probs(x, attention_mask)
+        per_seq = nelbo_terms(logp, tokens, masked, t, self.mask_schedule)  # (B,) nats
+        count = (~keep).sum(1)
+        loss = per_seq.sum() / count.sum().clamp(min=1)
+        return {"loss": loss, "logs": {"nelbo": loss.detach()}, "per_sequence": per_seq.detach() / count.clamp(min=1),
+                "count": count}
+
+    @torch.no_grad()
+    def nelbo(self, tokens: Tensor, attention_mask: Tensor | None = None, given: Tensor | None = None,
+              draws: int = 16, generator=None) -> Tensor:
+        """Per-sequence NELBO per token (B,) (an upper bound on the NLL, in nats), averaged over
+        ``draws`` Monte-Carlo draws of ``t`` and the mask."""
+        if not self.masked:
+            raise ValueError("nelbo is the masked objective's bound (objective 'masked')")
+        total = sum(self.masked_loss(tokens, attention_mask, given, generator=generator)["per_sequence"]
+                    for _ in range(draws))
+        return total / draws
+
     # ------------------------------------------------------------------------- autoregressive
     def ar_logits(self, tokens: Tensor) -> Tensor:
         """(B, L, V) logits where position t predicts ``tokens[:, t]`` from ``tokens[:, :t]``."""
         start = torch.full_like(tokens[:, :1], self.config.vocab_size)
         inputs = torch.cat([start, tokens[:, :-1]], dim=1)
-        E = F.normalize(self.embedding.float(), dim=-1) * math.sqrt(self.config.embed_dim)
-        x = E[inputs].to(self.embedding.dtype)  # (B, L, D)
+        x = self.input_embeddings()[inputs].to(self.embedding.dtype)  # (B, L, D)
         # Right padding never reaches a real position under causal attention, so no mask is needed
         # (SDPA takes either a mask or is_causal, not both).
         return self.dit(x, torch.zeros(tokens.shape[0], device=tokens.device))
@@ -262,7 +350,7 @@ class TextModel(PretrainedMixin, nn.Module):
     @torch.no_grad()
     def nll(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Per-token negative log-likelihood (B, L) of an AR model (0 at padded positions)."""
-        if self.diffusion:
+        if self.config.objective != "ar":
             raise ValueError("exact likelihoods come from the autoregressive model (objective 'ar')")
         ce = token_ce(self.ar_logits(tokens), tokens)
         return ce if attention_mask is None else ce * attention_mask
@@ -271,6 +359,8 @@ class TextModel(PretrainedMixin, nn.Module):
         """The training loss of a batch: ``{"loss", "logs", "per_sequence"}``."""
         if self.diffusion:
             return self.diffusion_loss(tokens, attention_mask, given)
+        if self.masked:
+            return self.masked_loss(tokens, attention_mask, given)
         return self.ar_loss(tokens, attention_mask)
 
 

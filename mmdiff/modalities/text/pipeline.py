@@ -1,14 +1,16 @@
-"""Sampling text: continuations, unconditional samples and infilling with a diffusion model (any
-core sampler, any step count) or the autoregressive baseline.
+"""Sampling text: continuations, unconditional samples and infilling with a continuous diffusion
+model (any core sampler, any step count), a masked diffusion model (the ``core.masked`` samplers)
+or the autoregressive baseline.
 
     pipe = mmdiff.pipeline("text")                                   # the shipped docstrings model
     pipe("The function returns", max_new_tokens=64)                  # a continuation (str)
     pipe(num_samples=4, length=64)                                   # unconditional samples
     pipe("Return the ____ of the ____.", infill_marker="____")       # infilling
 
-Prompts and infilling are given tokens: clean embeddings held by ``core.guidance.keep_known`` and
-flagged to the DiT by its learned given-embedding. Sampling ends with the nearest embedding
-(= the argmax token).
+Prompts and infilling are given tokens: for continuous models clean embeddings held by
+``core.guidance.keep_known`` and flagged to the DiT by its learned given-embedding, sampling ending
+with the nearest embedding (= the argmax token); for masked models tokens that start unmasked,
+which SUBS carries through unchanged.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import torch
 
 from ...components.tokenizers import Tokenizer
 from ...core import checks
-from ...core.samplers import per_sample_generators
+from ...core.masked import MASKED_SAMPLERS
+from ...core.samplers import SAMPLERS, per_sample_generators
 from ...core.schedules import SPACINGS
-from ...pipelines import Given, Pipeline
+from ...pipelines import ASSETS, Given, Pipeline
 from ...registry import register_pipeline
 from .model import ScoreInterpolation
 
@@ -32,9 +35,32 @@ class TextPipeline(Pipeline):
     autoregressive baseline (``objective="ar"``: ancestral sampling, prompts only)."""
 
     default_model = "text-docstrings"
+    # ``pipeline("text", objective=...)``: the shipped folder of each objective
+    default_models = {"continuous": "text-docstrings"}
     spacings = SPACINGS + ("warp",)  # the learned time warp
     progress = False  # a continuation is many short solves
 
+    @classmethod
+    def default(cls, objective: str | None = None, **kwargs) -> "TextPipeline":
+        """The shipped docstrings model; ``objective`` picks the shipped one of that objective."""
+        if objective is None:
+            return super().default(**kwargs)
+        checks.choice("objective", objective, sorted(cls.default_models), fix="these objectives ship a model")
+        return cls.from_pretrained(ASSETS / cls.default_models[objective],
+                                   objective=objective, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, folder, *, objective: str | None = None, **kwargs) -> "TextPipeline":
+        """Load a folder; its model's config says the objective (``objective`` only checks it)."""
+        pipe = super().from_pretrained(folder, **kwargs)
+        if objective is not None and pipe.model.config.objective != objective:
+            raise ValueError(f"objective={objective!r}, but {folder} holds a {pipe.model.config.objective!r} model; "
+                             f"drop objective= or load a {objective} model")
+        return pipe
+
+    @property
+    def sampler_registry(self) -> dict:
+        return MASKED_SAMPLERS if self.model.config.objective == "masked" else SAMPLERS
     @property
     def tokenizer(self) -> Tokenizer:
         return self.components["tokenizer"]
@@ -46,7 +72,7 @@ class TextPipeline(Pipeline):
     def describe(self) -> str:
         c = self.model.config
         return (f"{c.objective} {c.depth}x{c.hidden_size}, vocab {c.vocab_size}, "
-                + (f"{self.config.sampler} {self.config.steps} steps" if c.objective == "diffusion" else "sampled"))
+                + (f"{self.config.sampler} {self.config.steps} steps" if c.objective != "ar" else "sampled"))
 
     def denoiser(self) -> ScoreInterpolation:
         return ScoreInterpolation(self.model)
@@ -86,6 +112,8 @@ class TextPipeline(Pipeline):
         mask = (torch.arange(L)[None] < lengths[:, None]).to(self.device)
         if self.model.config.objective == "ar":
             return self._autoregress(ids, given, mask, opts, temperature)
+        if self.model.config.objective == "masked":
+            return self._unmask(ids, given, mask, opts, temperature)
         E = self.model.embeddings()
         cond = {} if bool(mask.all()) else {"attention_mask": mask}
         if temperature != 1.0:
@@ -106,6 +134,26 @@ class TextPipeline(Pipeline):
         if self.tokenizer.bos_id is not None:
             ids[:, 0], given[:, 0] = self.tokenizer.bos_id, True
         return ids, given
+
+    def _unmask(self, ids, given, mask, options, temperature) -> Tensor:
+        """Masked diffusion: every position that is neither given nor padding starts as [MASK]; the
+        options' sampler (``core.masked.MASKED_SAMPLERS``) unmasks them over
+        ``num_inference_steps`` steps of the model's mask schedule. Temperature 0 is the argmax."""
+        model = self.model
+        if options.sigmas is not None:
+            raise ValueError("sigmas are noise levels of continuous models; a masked model takes num_inference_steps")
+        x = torch.where(given | ~mask, ids, model.mask_id)
+        cond = {} if bool(mask.all()) else {"attention_mask": mask}
+        tau = max(temperature, 1e-4)  # the CDF draw of a near one-hot distribution is its argmax
+
+        def denoiser(x):
+            return model.masked_log_probs(x, temperature=tau, **cond).exp()
+
+        sampler = self.sampler_registry[options.sampler]
+        out = sampler(denoiser, x, model.mask_schedule.alphas(options.num_inference_steps), model.mask_id,
+                      generator=per_sample_generators(options.generator, x.shape[0]), callback=options.callback,
+                      progress=options.progress, **options.sampler_options)
+        return torch.where(mask, out, self.tokenizer.pad_id)
 
     def _autoregress(self, ids, given, mask, options, temperature) -> Tensor:
         """Left to right: every position that is not given is drawn from the model (Gumbel-max with

@@ -16,13 +16,14 @@ from torch import nn
 from ...components.tokenizers import AlphabetTokenizer, Tokenizer, load_tokenizer, train_sentencepiece
 from ...core import checks
 from ...core.checkpoint import DTYPES, config_to_dict, shared_fields
+from ...core.masked import MASKED_SAMPLERS, MaskSchedule
 from ...core.samplers import SAMPLERS
 from ...data.markov import MARKOV_ALPHABET, MarkovChain
 from ...data.text import DataError, build_text_corpus
 from ...data.windows import TokenWindows, pack_documents, random_given
 from ...registry import PipelineConfig
 from ...options import MAX_STEPS
-from .model import NOISE_DISTRIBUTIONS, OBJECTIVES, TextModel, TextModelConfig
+from .model import LEGACY_OBJECTIVES, NOISE_DISTRIBUTIONS, OBJECTIVES, TextModel, TextModelConfig
 from .pipeline import TextPipeline
 
 Tensor = torch.Tensor
@@ -33,7 +34,8 @@ class TextArgs:
 
     data: str = field(default="python-docstrings", metadata={
         "help": "python-docstrings | markov | a .txt/.jsonl file or folder | a Hugging Face data set"})
-    objective: str = field(default="diffusion", metadata={"help": "diffusion | ar (the causal baseline)"})
+    objective: str = field(default="continuous", metadata={
+        "help": "continuous (embedding diffusion) | masked (MDLM) | ar (the causal baseline)"})
     tokenizer: str = field(default="sentencepiece", metadata={
         "help": "sentencepiece | bpe (trained on the data), or a folder: ours or a transformers tokenizer"})
     vocab_size: int = field(default=2048, metadata={"help": "pieces of a trained tokenizer"})
@@ -53,7 +55,9 @@ class TextArgs:
     prefix_prob: float = field(default=0.25, metadata={"help": "share of training windows with a given prefix"})
     infill_prob: float = field(default=0.25, metadata={"help": "share with given spans around gaps"})
     short_prob: float = field(default=0.1, metadata={"help": "share cut to a random length (padding masks)"})
-    sampler: str = field(default="dpmpp_2m", metadata={"help": "validation and export default"})
+    sampler: str = field(default="dpmpp_2m", metadata={"help": "continuous: validation and export default"})
+    mask_sampler: str = field(default="ancestral", metadata={"help": "masked: ancestral | confident | semi_ar"})
+    mask_schedule: str = field(default="loglinear", metadata={"help": "masked: loglinear | cosine"})
     sample_steps: int = 64
     spacing: str = field(default="warp", metadata={"help": "warp (the learned time warp) | karras | logsnr | linspace"})
     export_dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 weights in the export"})
@@ -61,6 +65,7 @@ class TextArgs:
 
     def __post_init__(self):
         checks.check_fields(self)
+        self.objective = LEGACY_OBJECTIVES.get(self.objective, self.objective)
         checks.choice("--objective", self.objective, OBJECTIVES)
         checks.integer("--vocab_size", self.vocab_size, low=2)
         checks.integer("--max_length", self.max_length, low=2)
@@ -79,8 +84,10 @@ class TextArgs:
                         self.prefix_prob + self.infill_prob)
         checks.choice("--spacing", self.spacing, TextPipeline.spacings)
         checks.choice("--export_dtype", self.export_dtype, DTYPES)
-        if self.objective == "diffusion":
+        if self.objective == "continuous":
             checks.choice("--sampler", self.sampler, SAMPLERS)
+        checks.choice("--mask_sampler", self.mask_sampler, MASKED_SAMPLERS)
+        checks.choice("--mask_schedule", self.mask_schedule, MaskSchedule.names)
         for name in ("data", "tokenizer"):
             if not getattr(self, name):
                 checks.fail(f"--{name}", "a name or a path", getattr(self, name))
@@ -181,7 +188,7 @@ class TextTask:
         short = torch.rand(B) < self.args.short_prob
         lengths = torch.where(short, torch.minimum(lengths, torch.randint(2, L + 1, (B,))), lengths)
         given = None
-        if self.args.objective == "diffusion":
+        if self.args.objective != "ar":
             given = random_given(tokens, lengths, self.args.prefix_prob, self.args.infill_prob, self.tokenizer.bos_id)
         return lengths, given
 
@@ -196,6 +203,10 @@ class TextTask:
 
     def pipeline(self, model: nn.Module) -> "TextPipeline":
         a = self.args
+        if a.objective == "masked":  # the Gaussian schedule in pipeline.json is unused: the model has its own
+            config = PipelineConfig(prediction="x0", sampler=a.mask_sampler, steps=a.sample_steps, spacing="linspace",
+                                    extra={"data": a.data, "denoiser": "subs"})
+            return TextPipeline({"model": model, "tokenizer": self.tokenizer}, model.schedule, config)
         spacing = "karras" if a.spacing == "warp" and getattr(model, "warp", None) is None else a.spacing
         config = PipelineConfig(prediction="x0", sigma_data=1.0, sampler=a.sampler, steps=a.sample_steps,
                                 spacing=spacing, extra={"data": a.data, "denoiser": "score_interpolation"})
