@@ -127,8 +127,8 @@ def main(argv=None):
     text = table(["", f"s per step ({args.dtype}, batch 2)", "forward peak MB", "est. h, 16x512px, 50 steps"], rows)
     print(text, f"\nmax abs difference of the outputs: {diff:.3g}; {params / 1e6:.0f}M parameters")
     if args.write_docs:
-        update_section("latte", "\n".join([
-            "## Latte-1 (full size, random weights) vs diffusers (CPU)",
+        update_section("latte" if args.dtype == "fp32" else f"latte-{args.dtype}", "\n".join([
+            f"## Latte-1 (full size, random weights) vs diffusers (CPU, {args.dtype})",
             "",
             f"Command: `BENCH_THREADS={threads} python benchmarks/latte.py --clock {args.clock} --frames {args.frames} "
             f"--latent {args.latent} --dtype {args.dtype} --write_docs`. maxin-cn/Latte-1's transformer "

@@ -1,7 +1,10 @@
-"""Train a class-conditional, image-to-video latent DiT with frame attention on video clips.
+"""Train a class-conditional (or prompt-conditioned), image-to-video latent DiT with frame attention
+on video clips.
 
     accelerate launch recipes/video_train.py                      # built-in moving digits, CPU, minutes
     accelerate launch recipes/video_train.py --attention joint --num_frames 8 --max_steps 200
+    accelerate launch recipes/video_train.py --text_encoder ~/models/clip-text \
+        --prompt_template "a video of the digit {label}"          # text-to-video (captions: clip.txt)
     accelerate launch --multi_gpu recipes/video_train.py --config recipes/configs/video_ucf101_latte.yaml
 
 Without ``--config`` the options come from ``recipes/configs/video_moving_digits.yaml``; flags

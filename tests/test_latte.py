@@ -210,6 +210,9 @@ def test_latte_pipeline_matches_diffusers(tmp_path, scheduler, prompt, steps, gu
     theirs, folder = latte_folder(tmp_path, scheduler)
     ours = mmdiff.pipeline("video", model=folder)
     assert ours.config.sampler == {"ddim": "ddim", "dpm": "dpmpp_2m"}[scheduler]
+    defaults = inspect.signature(LattePipeline.__call__).parameters  # the pipeline's own defaults
+    assert (ours.config.steps, ours.config.guidance_scale) == (defaults["num_inference_steps"].default,
+                                                              defaults["guidance_scale"].default)
     net, lat, pixels = run_pair(theirs, ours, steps, guidance, prompt=prompt)
     assert net <= TOL and lat <= 1e-4
     assert pixels.max() <= 1 and (pixels > 0).mean() < 1e-3  # 8-bit: at most a rounding boundary apart
@@ -243,3 +246,28 @@ def test_bare_latte_transformer_folder_and_wrong_task(tmp_path):
         alone(prompt_embeds=embeds, latents=torch.randn(1, CHANNELS, SIZE, SIZE), progress=False)
     with pytest.raises(CheckpointError, match="'video' pipeline.*mmdiff.pipeline\\('video'"):
         mmdiff.pipeline("image", model=folder)
+
+
+def test_a_cached_hub_id_loads_offline(tmp_path):
+    """A LattePipeline in huggingface_hub's cache layout (models--org--name/refs/main ->
+    snapshots/<commit>/) loads by repo id with HF_HUB_OFFLINE=1 and sockets refusing to connect."""
+    import os
+    import subprocess
+    import sys
+    _, folder = latte_folder(tmp_path, "dpm")
+    repo = tmp_path / "hf" / "hub" / "models--tiny-org--tiny-latte"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots").mkdir()
+    folder.rename(repo / "snapshots" / commit)
+    script = ("import socket\n"
+              "def refuse(*a, **k): raise AssertionError('network call')\n"
+              "socket.socket.connect = socket.socket.connect_ex = socket.create_connection = refuse\n"
+              "import mmdiff\n"
+              "pipe = mmdiff.pipeline('video', model='tiny-org/tiny-latte')\n"
+              "print('loaded', pipe.config.sampler, sorted(pipe.components), pipe.latte)\n")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded dpmpp_2m ['autoencoder', 'model', 'text_encoder'] True" in done.stdout

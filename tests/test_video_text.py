@@ -131,9 +131,9 @@ FRAMES, STEPS = 4, 2400  # the default recipe's model and 16x16 canvas, shorter 
 LEARN = ["--num_frames", str(FRAMES), "--max_steps", str(STEPS), "--learning_rate", "0.005", "--lr_warmup_steps", "50",
          "--checkpointing_steps", str(STEPS), "--validation_steps", "0", "--report_to", "none", "--progress", "false",
          "--prompt_template", TEMPLATE, "--max_prompt_length", "8"]
-# Measured on this run (4.8 wall-minutes on a loaded 2-core CPU, one thread): 25.5% of the frames
-# read as the prompted digit at the export's guidance 4 (chance 10%), 7.5-9.5% as another given
-# digit; unguided 14.5%. The same steps with labels instead of prompts (``test_video_train.py``):
+# Measured on this run (3.7 wall-minutes, one thread, on the shared 2-core CPU): 26.5% of the frames
+# read as the prompted digit at the export's guidance 4 (chance 10%), 6.5-10% as another given
+# digit; unguided 13%. The same steps with labels instead of prompts (``test_video_train.py``):
 # 54.5%. Prompts learn slower than labels here: the tiny encoder's states differ between prompts
 # in the digit's token alone. The bars leave room for noise.
 ACCURACY = 0.2

@@ -332,7 +332,10 @@ class DiT(PretrainedMixin, nn.Module):
         # adaLN-single's tables start at zero, so zeroing its shared projection zeroes every gate too.
         modulations = [self.adaLN_single] if self.config.adaln == "single" else [
             m.adaLN_modulation for m in (*self.blocks, self.final_layer)]
-        for layer in (*(m[-1] for m in modulations), self.final_layer.linear):
+        # Cross-attention has no gate: its output projection starts at zero, so the prompt enters
+        # the residual stream as it is learned rather than as noise from the first step.
+        crosses = [b.cross_attn.proj for b in self.blocks if b.cross]
+        for layer in (*(m[-1] for m in modulations), self.final_layer.linear, *crosses):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
