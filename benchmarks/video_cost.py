@@ -3,12 +3,18 @@
     python benchmarks/video_cost.py                 # prints the table
     BENCH_THREADS=1 python benchmarks/video_cost.py --write_docs   # and rewrites the video-cost section
                                                                     # of docs/benchmarks.md
+    BENCH_THREADS=1 python benchmarks/video_cost.py --latte [--write_docs]  # attention at Latte-1's size
 
 One optimizer step (forward, backward, AdamW) of the video DiT on 4, 8, 16 and 32 frames of
 32x32 one-channel latents with patch 4 (64 tokens per frame), the same model for both attentions.
 Each measurement runs in a fresh process: on a GPU peak memory is ``max_memory_allocated``; on a
 CPU it is the growth of the process's peak resident set over what model, optimizer state and
 batch already hold, so it counts activations, gradients and attention buffers.
+
+``--latte``: the same comparison at Latte-1's token count (1024 tokens per frame: 64x64 latents,
+patch 2; width 1152, 16 heads), one self-attention layer's forward (projections included) over 1 to
+16 frames, factorized (a spatial then a temporal layer, as a Latte layer pair) against one joint
+layer, with the attention-score entries each forms.
 """
 from __future__ import annotations
 
@@ -16,12 +22,15 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import time
 
 import torch
 
-from mmdiff.eval.tables import machine, median_time, pin_threads, table, update_section
+from mmdiff.eval.tables import machine, median_time, paired_times, pin_threads, table, update_section
+from mmdiff.core.attention import Attention
 from mmdiff.core.dit import DiT, DiTConfig
 from mmdiff.core.patch import PatchConfig
 
@@ -67,6 +76,31 @@ def measure(frames: int, attention: str, repeats: int) -> dict:
             "tokens": frames * (SIZE // PATCH) ** 2}
 
 
+LATTE_FRAMES, LATTE_TOKENS, LATTE_WIDTH, LATTE_HEADS = (1, 2, 4, 8, 16), 1024, 1152, 16
+
+
+def latte_attention(repeats: int) -> str:
+    """Factorized vs joint self-attention at Latte-1's size, one forward each (no grad)."""
+    torch.manual_seed(0)
+    layer = Attention(LATTE_WIDTH, LATTE_HEADS, qk_norm=False).eval()
+    rows = []
+    with torch.no_grad():
+        for t in LATTE_FRAMES:
+            x = torch.randn(1, t * LATTE_TOKENS, LATTE_WIDTH)
+            grid = (t, LATTE_TOKENS)
+            times = paired_times({"factorized": lambda: (layer(x, mode="spatial", grid=grid),
+                                                         layer(x, mode="temporal", grid=grid)),
+                                  "joint": lambda: layer(x, mode="joint", grid=grid)}, repeats, clock=time.process_time)
+            fac, joint = (statistics.median(times[k]) for k in ("factorized", "joint"))
+            fac_scores = LATTE_HEADS * (t * LATTE_TOKENS**2 + LATTE_TOKENS * t**2)
+            joint_scores = LATTE_HEADS * (t * LATTE_TOKENS) ** 2
+            rows.append([t, t * LATTE_TOKENS, f"{1000 * fac:.0f}", f"{1000 * joint:.0f}", f"{joint / fac:.2f}",
+                         f"{fac_scores / 1e6:.1f}M", f"{joint_scores / 1e6:.0f}M", f"{joint_scores / fac_scores:.1f}"])
+            print(rows[-1], flush=True)
+    return table(["frames", "tokens", "factorized ms (spatial + temporal)", "joint ms", "joint / factorized time",
+                  "factorized score entries", "joint score entries", "ratio"], rows)
+
+
 def run_isolated(frames: int, attention: str, repeats: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--one", str(frames), attention, "--repeats", str(repeats)],
                          check=True, capture_output=True, text=True).stdout
@@ -78,8 +112,28 @@ def main(argv=None):
     parser.add_argument("--write_docs", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--one", nargs=2, metavar=("FRAMES", "ATTENTION"), help=argparse.SUPPRESS)
+    parser.add_argument("--latte", action="store_true", help="attention at Latte-1's token count")
     args = parser.parse_args(argv)
     threads, load = pin_threads(), os.getloadavg()[0]
+    if args.latte:
+        text = latte_attention(args.repeats)
+        print(text)
+        if args.write_docs:
+            update_section("video-cost-latte", "\n".join([
+                "## Video: attention cost at Latte-1's size, to 16 frames (factorized vs joint)",
+                "",
+                f"Command: `BENCH_THREADS={threads} python benchmarks/video_cost.py --latte --write_docs`. One "
+                f"self-attention forward (qkv and output projections included, no grad) of width {LATTE_WIDTH}, "
+                f"{LATTE_HEADS} heads over {LATTE_TOKENS} tokens per frame (Latte-1: 64x64 latents, patch 2), "
+                "batch 1; factorized = a spatial layer (within frames) plus a temporal one (across frames), as "
+                "in one Latte layer pair; joint = one layer over all tokens. CPU time, median of "
+                f"{args.repeats} rounds alternating the two after a warm-up. Score entries: heads x query-key "
+                "pairs formed. Machine: "
+                f"{machine()}; load average {load:.1f} when the run started.",
+                "",
+                text,
+            ]))
+        return
     if args.one:
         print(json.dumps(measure(int(args.one[0]), args.one[1], args.repeats)))
         return

@@ -35,6 +35,10 @@ class SamplingOptions:
     guidance_rescale: float = 0.0  # Lin et al. 2023: pull the guided std back to the conditional one's
     guidance_interval: tuple[float, float] | None = None  # guide only for lo < sigma <= hi
     generator: Any = None  # None, an int seed, a torch.Generator, or one generator per sample
+    # The initial noise itself, unit normal and shaped like the sample (images: (B, C, h, w)), as
+    # diffusers' ``latents=``: the pipeline scales it to the first noise level as diffusers'
+    # schedulers do, so the same latents give the same picture. Replaces ``generator``'s first draw.
+    latents: Any = None
     dtype: torch.dtype = torch.float32  # of the sampler's state (the model keeps its own dtype)
     progress: bool | None = None
     callback: Callable[[dict], None] | None = None  # called after every step with the solver's state
@@ -85,6 +89,9 @@ class SamplingOptions:
         if self.guidance_interval is not None:
             _check_interval(self.guidance_interval)
         _check_generator(self.generator)
+        if self.latents is not None and not (isinstance(self.latents, torch.Tensor) and self.latents.is_floating_point()):
+            checks.fail("latents", "a float tensor of unit-normal noise shaped like the sample", type(self.latents).__name__,
+                        error=TypeError)
         if not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
             checks.fail("dtype", "a floating torch.dtype (torch.float32, torch.float64...)", self.dtype, error=TypeError)
         checks.flag("progress", self.progress)

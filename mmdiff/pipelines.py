@@ -28,6 +28,7 @@ from .core.parametrization import Denoiser
 from .core.samplers import SAMPLERS, check_sampler, check_sigmas, per_sample_generators, randn, sample
 from .core.schedules import SPACINGS, Schedule, schedule_config, schedule_from_config
 from .options import SamplingOptions
+from .pretrained import load_diffusers
 from .registry import COMPONENTS, PIPELINE_FILE, PipelineConfig, pipeline, register_component  # noqa: F401
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -108,13 +109,13 @@ class Pipeline(LoraAdapters):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, device=None, dtype=None) -> "Pipeline":
-        """Load a folder written by ``save_pretrained``. Weights stored in half precision (to keep
-        a file small) compute in float32 unless ``dtype`` says otherwise."""
+        """Load a folder written by ``save_pretrained``, a diffusers pipeline folder or a Hub repo id
+        (``mmdiff.pretrained``). Weights stored in half precision (to keep a file small) compute in
+        float32 unless ``dtype`` says otherwise."""
         folder = resolve_pretrained(folder)
         path = folder / PIPELINE_FILE
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing: {folder} is not a pipeline folder written by "
-                                  f"save_pretrained (it holds {sorted(p.name for p in folder.iterdir())})")
+        if not path.is_file():  # a diffusers pipeline or model folder (mmdiff.pretrained says which it takes)
+            return load_diffusers(cls, folder, device=device, dtype=dtype)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -186,11 +187,11 @@ class Pipeline(LoraAdapters):
         gens = per_sample_generators(options.generator, shape[0])
         device, dtype = self.device, options.dtype
         sigmas = self.grid(options)
-        noise = randn(shape, gens, device=device, dtype=dtype)
+        noise = self.initial_noise(shape, options, gens)
         if start is not None:
             x, sigmas = partial_start(start.latents.to(device, dtype), sigmas, start.strength, noise)
         else:
-            x = noise * math.sqrt(float(sigmas[0]) ** 2 + self.config.sigma_data**2)
+            x = noise * self.noise_scale(float(sigmas[0]))
         fn = self._guided(cond, uncond, options)
         if given is not None:
             fixed = randn(shape, gens, device=device, dtype=dtype) if given.renoise else None
@@ -199,11 +200,30 @@ class Pipeline(LoraAdapters):
         extra = {**self.schedule.sampler_options(options.sampler), **options.sampler_options}
         x = sample(fn, x, sigmas, options.sampler, generator=gens, callback=options.callback,
                    progress=options.progress, **extra)
+        if float(sigmas[-1]) > 0:  # a grid ending above 0 (diffusers' set_alpha_to_one=False): its native sample
+            x = x * float(self.schedule.alpha(float(sigmas[-1])))
         if not bool(torch.isfinite(x).all()):  # one read per solve; garbage is never returned
             raise FloatingPointError(f"sampling produced NaN or infinite values ({options.sampler}, "
                                      f"{len(sigmas) - 1} steps, guidance {options.guidance_scale}); check the "
                                      f"conditioning inputs, or try float32 weights or another sampler")
         return x
+
+    def initial_noise(self, shape: tuple[int, ...], options: SamplingOptions, gens) -> torch.Tensor:
+        """Unit-normal noise of ``shape``: the options' ``latents``, or drawn from the generators."""
+        if options.latents is None:
+            return randn(shape, gens, device=self.device, dtype=options.dtype)
+        if tuple(options.latents.shape) != tuple(shape):
+            raise ValueError(f"latents must be shaped {tuple(shape)} for this call, got {tuple(options.latents.shape)}; "
+                             f"pass unit-normal noise of the sample's shape (batch first)")
+        return options.latents.to(self.device, options.dtype)
+
+    def noise_scale(self, sigma: float) -> float:
+        """The std of the start at level ``sigma``: the prior's, sqrt(sigma^2 + sigma_data^2), which
+        is diffusers' VP start (unit noise). ``extra["init_noise"] == "sigma"``: sigma itself, as
+        diffusers' Euler schedulers start with linspace or trailing spacing (their init_noise_sigma)."""
+        if self.config.extra.get("init_noise") == "sigma":
+            return sigma
+        return math.sqrt(sigma**2 + self.config.sigma_data**2)
 
     def _guided(self, cond: dict, uncond: dict | None, options: SamplingOptions):
         denoiser = self.denoiser()

@@ -139,7 +139,7 @@ PIPELINE_CASES = [
     Case("options wrong type", lambda w: img(w, class_labels=[1], options={"sampler": "euler"}), TypeError,
          "options must be a SamplingOptions, got dict"),
     Case("output_type unknown", lambda w: img(w, class_labels=[1], output_type="np"), ValueError,
-         "output_type must be 'pil' or 'pt', got 'np'"),
+         "output_type must be 'pil', 'pt' or 'latent', got 'np'"),
     # --- image: pictures to edit
     Case("image wrong size", lambda w: img(w, class_labels=[1], image=torch.zeros(1, 1, 16, 16)), ValueError,
          "image must be 8x8 pixels, the size this model generates, got '16x16'"),

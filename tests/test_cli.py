@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import save_file
 
 from mmdiff.cli import build_parser, flags, main
 from mmdiff.eval.digits import classify, video_scores
@@ -110,13 +111,18 @@ def test_img2img_and_inpainting_from_picture_files(tmp_path, capsys):
     assert "1 image(s), 256x256 px" in capsys.readouterr().out
 
 
-def test_every_sampling_field_is_a_flag_and_a_new_field_becomes_one(monkeypatch):
+def test_every_sampling_field_is_a_flag_and_a_new_field_becomes_one(monkeypatch, tmp_path):
     names = {f.name for f in dataclasses.fields(SamplingOptions)} - {"callback"}
+    noise = torch.randn(1, 1, 8, 8)
+    save_file({"latents": noise}, tmp_path / "noise.safetensors")
     options = flags.sampling_options(build_parser().parse_args(
         ["generate", "image", "--sampler", "ddim", "--num_inference_steps", "7", "--guidance_scale", "2.5",
          "--guidance_interval", "0.5", "3", "--seed", "4", "--state_dtype", "bfloat16", "--no-progress",
-         "--sampler_options", "eta=0.5", "--spacing", "karras", "--guidance_rescale", "0.7"]))
-    assert options == SamplingOptions(sampler="ddim", num_inference_steps=7, guidance_scale=2.5,
+         "--sampler_options", "eta=0.5", "--spacing", "karras", "--guidance_rescale", "0.7",
+         "--latents", str(tmp_path / "noise.safetensors")]))
+    assert torch.equal(options.latents, noise)
+    options = dataclasses.replace(options, latents="given")  # a tensor field does not compare with ==
+    assert options == SamplingOptions(latents="given", sampler="ddim", num_inference_steps=7, guidance_scale=2.5,
                                       guidance_interval=(0.5, 3.0), generator=4, dtype=torch.bfloat16,
                                       progress=False, sampler_options={"eta": 0.5}, spacing="karras",
                                       guidance_rescale=0.7)
@@ -137,16 +143,17 @@ def test_every_sampling_field_is_a_flag_and_a_new_field_becomes_one(monkeypatch)
 
 def test_help_on_every_subcommand(capsys):
     pages = {}
-    for command in ("", "generate", "generate image", "generate video", "generate text", "serve"):
+    for command in ("", "generate", "generate image", "generate video", "generate text", "convert", "serve"):
         with pytest.raises(SystemExit) as exit:
             main([*command.split(), "--help"])
         assert exit.value.code == 0
         pages[command] = capsys.readouterr().out
-    assert "{generate,serve}" in pages[""] and "{image,video,text}" in pages["generate"]
+    assert "{generate,convert,serve}" in pages[""] and "{image,video,text}" in pages["generate"]
     for flag in ("--class_labels", "--num_inference_steps", "--sampler", "--guidance_scale", "--spacing",
                  "--seed", "--dtype", "--output", "--raw_size", "--image", "--mask", "--strength"):
         assert flag in pages["generate image"], flag
     assert "--first_frame" in pages["generate video"] and "--max_new_tokens" in pages["generate text"]
+    assert "--kind {dit,sit}" in pages["convert"] and "--num_heads" in pages["convert"]
     assert "--port" in pages["serve"] and "--max_queue" in pages["serve"]
     assert "Lin et al. 2023" in pages["generate text"]  # the field's comment in options.py is its help
 
@@ -178,5 +185,6 @@ def test_errors_are_one_line_naming_the_problem(capsys, args, code, message):
 def test_a_failing_command_prints_one_line_and_exits_non_zero(tmp_path):
     result = mmdiff_cli("generate", "image", "--class_labels", "3", "--model", tmp_path)
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr == f"mmdiff generate image: error: {tmp_path}/pipeline.json is missing: {tmp_path} is not " \
-                            f"a pipeline folder written by save_pretrained (it holds [])\n"
+    assert result.stderr.startswith(f"mmdiff generate image: error: {tmp_path}/pipeline.json is missing: {tmp_path} "
+                                    "is neither a pipeline folder written by save_pretrained nor a diffusers one") and result.stderr.endswith("it holds []\n")
+    assert result.stderr.count("\n") == 1

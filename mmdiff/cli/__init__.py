@@ -1,8 +1,9 @@
-"""The ``mmdiff`` command: ``mmdiff generate image|video|text ...`` and ``mmdiff serve``.
+"""The ``mmdiff`` command: ``mmdiff generate image|video|text ...``, ``mmdiff convert`` and ``mmdiff serve``.
 
     mmdiff generate image --class_labels 3 7 --output digits.png
     mmdiff generate video --class_labels 4 --num_inference_steps 20 --output four.mp4
     mmdiff generate text "The function returns"
+    mmdiff convert DiT-XL-2-256x256.pt dit-xl-2-256
     mmdiff serve --port 7860
 
 A subcommand is one entry of ``COMMANDS``: its help and a ``configure(parser)`` that adds its
@@ -17,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from .. import convert
 from . import generate, serve
 from .inputs import USER_ERRORS, one_line
 
@@ -32,11 +34,11 @@ class Command:
     configure: Callable[[argparse.ArgumentParser], None]
 
 
-# ``mmdiff convert`` (the pretrained-models work) is one more entry whose configure imports
-# mmdiff.convert lazily, as serve does gradio.
 COMMANDS = {
     "generate": Command("sample images, videos or text from a shipped model or a pipeline folder",
                         generate.configure),
+    "convert": Command("turn an original DiT or SiT .pt checkpoint into a pipeline folder (safetensors)",
+                       convert.configure),
     "serve": Command("start the local web page (gradio) with a tab per modality", serve.configure),
 }
 

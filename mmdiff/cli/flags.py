@@ -30,6 +30,9 @@ SPELLED = {
                                                   "(becomes generator=N; default: a random draw)"),
     "sigmas": dict(type=float, nargs="+", metavar="SIGMA"),
     "sampler": dict(choices=sorted(SAMPLERS)),
+    "latents": dict(type=lambda path: _latents_file(path), metavar="FILE.safetensors",
+                    help="initial noise, diffusers' latents= (unit normal, the sample's shape): the file's one "
+                         "tensor or its 'latents' tensor, e.g. written by safetensors.torch.save_file"),
 }
 SKIPPED = ("callback",)  # a Python function: only the library and the web page pass one
 COMMENT = re.compile(r"^\s+(\w+):[^#]*#\s*(.+)$")
@@ -101,6 +104,19 @@ def _dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise argparse.ArgumentTypeError(f"unknown dtype {name!r}; choose one of {list(DTYPES)}")
     return DTYPES[name]
+
+
+def _latents_file(path: str) -> torch.Tensor:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path} as safetensors ({e})") from e
+    if "latents" in tensors or len(tensors) == 1:
+        return tensors.get("latents", next(iter(tensors.values())))
+    raise argparse.ArgumentTypeError(f"{path} holds {sorted(tensors)}; name the noise tensor 'latents'")
 
 
 def _literal(text: str):

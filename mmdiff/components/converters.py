@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from mmdiff.core.checkpoint import CheckpointError, check_state_dict, load_tensors, read_config_json
+from mmdiff.core.checkpoint import FOREIGN_MODELS, CheckpointError, check_state_dict, load_tensors, read_config_json
 from mmdiff.core.dit import SIZES, DiT, DiTConfig, timestep_frequencies
 from mmdiff.core.patch import PatchConfig, build_patcher
 
@@ -118,7 +118,7 @@ def _transform(rule: Rule, parts: list[Tensor], patch: PatchConfig) -> Tensor:
     return t
 
 
-def _apply(rules: list[Rule], state_dict: dict, config: DiTConfig, source: str,
+def apply_rules(rules: list[Rule], state_dict: dict, config: DiTConfig, source: str,
            tied: dict[str, str] | None = None, fixed: dict[str, str] | None = None) -> dict[str, Tensor]:
     """Our state dict from ``state_dict`` by ``rules``. ``tied``: source tensors that must equal
     another source tensor (copies we keep once); ``fixed``: source tables that must equal ours
@@ -135,7 +135,8 @@ def _apply(rules: list[Rule], state_dict: dict, config: DiTConfig, source: str,
         _check_equal(_source(state_dict, name, tuple(state_dict[ref].shape), source), state_dict[ref], name, ref,
                      source)
         used.add(name)
-    out["patcher.pos"] = build_patcher(config.patch, config.hidden_size).pos
+    # fixed sin-cos tables: ours, computed (patcher.pos of images, pos_space/pos_time of video)
+    out.update({f"patcher.{k}": v for k, v in build_patcher(config.patch, config.hidden_size).named_buffers()})
     for ours, theirs in (fixed or {}).items():
         if theirs in state_dict:
             _check_table(state_dict[theirs], out[ours], theirs, source)
@@ -254,9 +255,9 @@ def convert_diffusers(config: dict, state_dict: dict[str, Tensor]) -> tuple[DiTC
     # Old saves keep PatchEmbed's table (now a non-persistent buffer): checked, not loaded.
     fixed = {"patcher.pos": "pos_embed.pos_embed"}
     if name == "PixArtTransformer2DModel":
-        return ours, _apply(_pixart_rules(ours), state_dict, ours, source, fixed=fixed)
+        return ours, apply_rules(_pixart_rules(ours), state_dict, ours, source, fixed=fixed)
     rules, tied = _dit_rules(ours)
-    return ours, _apply(rules, state_dict, ours, source, tied=tied, fixed=fixed)
+    return ours, apply_rules(rules, state_dict, ours, source, tied=tied, fixed=fixed)
 
 
 def _dit_rules(config: DiTConfig) -> tuple[list[Rule], dict[str, str]]:
@@ -279,6 +280,25 @@ def _dit_rules(config: DiTConfig) -> tuple[list[Rule], dict[str, str]]:
 
 
 def _pixart_rules(config: DiTConfig) -> list[Rule]:
+    rules = adaln_single_rules(config)
+    for i in range(config.depth):
+        rules += single_block_rules(i, f"transformer_blocks.{i}", cross=bool(config.context_dim))
+    return rules
+
+
+def single_block_rules(i: int, theirs: str, cross: bool) -> list[Rule]:
+    """diffusers' ada_norm_single BasicTransformerBlock ``theirs`` (PixArt, Latte) -> our block ``i``."""
+    rules = [*_block_rules(i, theirs), Rule(f"blocks.{i}.scale_shift_table", (f"{theirs}.scale_shift_table",))]
+    if cross:
+        rules += [*_linear(f"blocks.{i}.cross_attn.q", f"{theirs}.attn2.to_q"),
+                  *_linear(f"blocks.{i}.cross_attn.kv", (f"{theirs}.attn2.to_k", f"{theirs}.attn2.to_v"), "cat"),
+                  *_linear(f"blocks.{i}.cross_attn.proj", f"{theirs}.attn2.to_out.0")]
+    return rules
+
+
+def adaln_single_rules(config: DiTConfig) -> list[Rule]:
+    """What PixArt and Latte share outside their blocks: patch embedding, adaLN-single, the final
+    layer, the micro-conditions and the caption projection."""
     emb = "adaln_single.emb."
     rules = [*_linear("x_embedder", "pos_embed.proj", "patch_in"),
              *_linear("t_embedder.mlp.0", emb + "timestep_embedder.linear_1"),
@@ -293,13 +313,6 @@ def _pixart_rules(config: DiTConfig) -> list[Rule]:
     if config.context_projection:
         rules += [*_linear("context_embedder.fc1", "caption_projection.linear_1"),
                   *_linear("context_embedder.fc2", "caption_projection.linear_2")]
-    for i in range(config.depth):
-        theirs = f"transformer_blocks.{i}"
-        rules += [*_block_rules(i, theirs), Rule(f"blocks.{i}.scale_shift_table", (f"{theirs}.scale_shift_table",))]
-        if config.context_dim:
-            rules += [*_linear(f"blocks.{i}.cross_attn.q", f"{theirs}.attn2.to_q"),
-                      *_linear(f"blocks.{i}.cross_attn.kv", (f"{theirs}.attn2.to_k", f"{theirs}.attn2.to_v"), "cat"),
-                      *_linear(f"blocks.{i}.cross_attn.proj", f"{theirs}.attn2.to_out.0")]
     return rules
 
 
@@ -308,6 +321,13 @@ def load_diffusers_transformer(folder: str | Path, *, variant: str | None = None
     """Our ``DiT`` from a diffusers model folder (``config.json`` + safetensors weights)."""
     folder = Path(folder)
     config = read_config_json(folder)
+    return build_dit(*convert_diffusers(config, read_diffusers_weights(folder, variant)), dtype=dtype, device=device)
+
+
+def read_diffusers_weights(folder: Path, variant: str | None = None) -> dict[str, Tensor]:
+    """The tensors of a diffusers model folder: ``diffusion_pytorch_model[.variant].safetensors``,
+    sharded or not; pickled weights are refused."""
+    folder = Path(folder)
     stem = "diffusion_pytorch_model" + (f".{variant}" if variant else "")
     single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
     if single.is_file():
@@ -319,7 +339,7 @@ def load_diffusers_transformer(folder: str | Path, *, variant: str | None = None
         present = sorted(p.name for p in folder.iterdir())
         raise CheckpointError(f"{folder} has no {single.name} (or a sharded {index.name}); it holds {present}. "
                               f"mmdiff reads only safetensors: convert .bin weights with safetensors.torch.save_file")
-    return build_dit(*convert_diffusers(config, tensors), dtype=dtype, device=device)
+    return tensors
 
 
 # ---------------------------------------------------------------------- original DiT / SiT files
@@ -373,7 +393,7 @@ def convert_original_state_dict(state_dict: dict[str, Tensor], kind: str = "dit"
         for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1"):
             rules += _linear(f"blocks.{i}.{name}", f"blocks.{i}.{name}")
     source = f"original {kind.upper()} checkpoint"
-    tensors = _apply(rules, state_dict, config, source, fixed={"patcher.pos": "pos_embed"})
+    tensors = apply_rules(rules, state_dict, config, source, fixed={"patcher.pos": "pos_embed"})
     if kind == "sit":
         _fold_sit(tensors, config)
     return config, tensors
@@ -425,3 +445,7 @@ def build_dit(config: DiTConfig, tensors: dict[str, Tensor], *, dtype: torch.dty
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
     return model.eval()
+
+
+# ``DiT.from_pretrained(folder)`` reads a diffusers transformer folder too
+FOREIGN_MODELS.update({name: (DiT, load_diffusers_transformer) for name in SUPPORTED_CLASSES})

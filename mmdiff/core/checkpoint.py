@@ -262,23 +262,63 @@ def component_folder(folder: Path, name, source: str) -> Path:
     return path
 
 
+# What a Hub snapshot fetches: configs, safetensors weights and tokenizer files, never pickles.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
+
+
 def resolve_pretrained(path: str | os.PathLike, subfolder: str | None = None) -> Path:
-    """A local folder, or a Hugging Face Hub repo id fetched with huggingface_hub when online."""
+    """A local folder, or a Hugging Face Hub repo id: from the local cache without any network call
+    when it holds the repo (or HF_HUB_OFFLINE=1 is set), else fetched with huggingface_hub."""
     local = Path(path).expanduser()
-    if not local.exists() and isinstance(path, str) and path.count("/") == 1 and not path.startswith((".", "/")):
-        try:
-            from huggingface_hub import snapshot_download
-            local = Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
-        except Exception as e:  # offline, no such repo
-            raise CheckpointError(f"'{path}' is neither a local folder nor a reachable Hub repo ({e})") from e
+    if not local.exists() and is_repo_id(path):
+        local = hub_snapshot(str(path))
     if subfolder:
         local = local / subfolder
+    if local.is_file() and local.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{local} is a pickle file, which mmdiff never unpickles implicitly; an original DiT "
+                              f"or SiT checkpoint converts explicitly: python -m mmdiff.convert {local} OUT_FOLDER")
     if not local.is_dir():
         raise CheckpointError(f"{local} is not a folder; pass the folder written by save_pretrained")
     return local.resolve()
 
 
+def is_repo_id(path) -> bool:
+    return isinstance(path, str) and path.count("/") == 1 and not path.startswith((".", "/", "~"))
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as set now, not only when huggingface_hub was imported."""
+    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE",
+                                                                                     "TRANSFORMERS_OFFLINE"))
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The cached snapshot of ``repo_id`` (no network call), or a download when it is not cached
+    and the Hub may be reached. diffusers asks the Hub first even with everything cached
+    (diffusers #8752, #7902); here the cache is read first."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except LocalEntryNotFoundError:
+        if hub_offline():
+            raise CheckpointError(f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                                  f"download it once online, or pass a local folder") from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except Exception as e:  # no network, no such repo, gated
+        raise CheckpointError(f"'{repo_id}' is neither a local folder nor a reachable Hub repo "
+                              f"({type(e).__name__}: {e})") from e
+
+
 # ----------------------------------------------------------------------------- the mixin
+
+# Other libraries' model folders a class reads too, by their config's ``_class_name`` (diffusers
+# writes one; mmdiff writes ``_class``): class name -> (our class, reader(folder, dtype=, device=)).
+# Components register theirs (components.converters: diffusers' DiT classes -> DiT).
+FOREIGN_MODELS: dict[str, tuple[type, Any]] = {}
+
 
 class PretrainedMixin:
     """``save_pretrained``/``from_pretrained`` for an ``nn.Module`` built as ``cls(config)``."""
@@ -301,8 +341,12 @@ class PretrainedMixin:
         for p in folder.iterdir():
             if p.suffix in PICKLE_SUFFIXES:
                 raise CheckpointError(f"{p}: refusing a pickle-based file in a model folder; mmdiff "
-                                      f"loads only {WEIGHTS_NAME}. Remove it or convert it to safetensors")
+                                      f"loads only {WEIGHTS_NAME}. An original DiT/SiT checkpoint converts with "
+                                      f"python -m mmdiff.convert {p} OUT_FOLDER; remove anything else")
         raw = read_config_json(folder)
+        target, reader = FOREIGN_MODELS.get(raw.get("_class_name"), (None, None))
+        if reader is not None and issubclass(target, cls):
+            return reader(folder, dtype=dtype, device=device)
         saved_class = raw.get("_class")
         if saved_class is not None and saved_class != cls.__name__:
             raise CheckpointError(f"{folder / CONFIG_NAME} describes a {saved_class}, not a {cls.__name__}")

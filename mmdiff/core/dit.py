@@ -11,7 +11,9 @@ options that ``mmdiff.components.converters`` sets; their defaults are the DiT p
 leave the forward of every mmdiff model as it was: diffusers' timestep-frequency shift and
 LayerNorm eps, learned-variance outputs (the variance channels are never computed), PixArt's
 adaLN-single (one shared projection plus per-block tables), its caption projection,
-cross-attention without a LayerNorm and its 1024-px size micro-conditions.
+cross-attention without a LayerNorm and its 1024-px size micro-conditions. Latte
+(``mmdiff.components.latte``) adds two: temporal blocks without cross-attention, and the
+temporal positions added after the first (spatial) block (``PatchConfig.time_positions``).
 """
 from __future__ import annotations
 
@@ -70,6 +72,10 @@ class DiTConfig:
     context_norm: bool = True  # a LayerNorm before cross-attention (PixArt has none)
     context_projection: bool = False  # PixArt's caption projection: MLP context_dim -> hidden_size
     size_conditioning: bool = False  # PixArt-alpha 1024 px: forward takes resolution and aspect_ratio
+    temporal_cross_attention: bool = True  # False: only spatial blocks attend to the context (Latte)
+    # The mask-averaged context, through an MLP, joins the timestep embedding (SD3's pooled text,
+    # Imagen's pooled embedding): a prompt steers the adaLN modulation as directly as a label does.
+    pooled_context: bool = False
 
     def __post_init__(self):
         for name in ("hidden_size", "depth", "num_heads", "frequency_dim"):
@@ -83,6 +89,8 @@ class DiTConfig:
             raise ValueError(f"unknown attention '{self.attention}'; choose one of {ATTENTIONS}")
         if self.adaln not in ADALNS:
             raise ValueError(f"unknown adaln '{self.adaln}'; choose one of {ADALNS}")
+        if self.pooled_context and not self.context_dim:
+            raise ValueError("pooled_context needs context_dim > 0 (the width of the context it pools)")
         if self.context_projection and not self.context_dim:
             raise ValueError("context_projection needs context_dim > 0 (the width of the context it projects)")
         if self.size_conditioning and self.hidden_size % 3:
@@ -182,7 +190,8 @@ class DiTBlock(nn.Module):
         self.mode = mode
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=config.attention_norm_eps)
         self.attn = Attention(d, config.num_heads, config.qk_norm)
-        if config.context_dim:
+        self.cross = bool(config.context_dim) and (mode != "temporal" or config.temporal_cross_attention)
+        if self.cross:
             self.norm_cross = nn.LayerNorm(d, eps=1e-6) if config.context_norm else nn.Identity()
             kv_dim = d if config.context_projection else config.context_dim
             self.cross_attn = Attention(d, config.num_heads, config.qk_norm, context_dim=kv_dim)
@@ -206,7 +215,7 @@ class DiTBlock(nn.Module):
         h = self.attn(modulate(self.norm1(x), shift1, scale1), mode=mode, grid=grid, rope=rope, mask=mask,
                       causal=causal)
         x = torch.addcmul(x, gate1, h)
-        if context is not None:
+        if context is not None and self.cross:
             x = x + self.cross_attn(self.norm_cross(x), context=context, mask=context_mask)
         return torch.addcmul(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
@@ -242,6 +251,14 @@ class FinalLayer(nn.Module):
         return self.linear(h)
 
 
+def pooled(context: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, D): the mean of the context's tokens, over the real ones (mask 1) when masked."""
+    if mask is None:
+        return context.float().mean(1)
+    weights = mask.float()[..., None]
+    return (context.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 class DiT(PretrainedMixin, nn.Module):
     """``model(x, timestep, class_labels=None, context=None, context_mask=None, given=None,
     attention_mask=None, resolution=None, aspect_ratio=None)`` -> output shaped like ``x`` (with
@@ -265,6 +282,8 @@ class DiT(PretrainedMixin, nn.Module):
             self.adaLN_single = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         if config.context_projection:
             self.context_embedder = Mlp(config.context_dim, d, d)
+        if config.pooled_context:
+            self.pooled_embedder = Mlp(config.context_dim, d, d)
         if config.num_classes:
             # The null class (index num_classes) exists only when labels are dropped in training.
             self.y_embedder = nn.Embedding(config.num_classes + int(config.class_dropout > 0), d)
@@ -359,10 +378,13 @@ class DiT(PretrainedMixin, nn.Module):
         pos = self.patcher.positions(x)
         if pos is not None:
             h = h + pos.to(h.dtype)
+        late = self.patcher.late_positions(x)  # Latte: time positions after the first block
         if given is not None and self.config.given_embedding:
             h = h + self.patcher.token_mask(given)[..., None].to(h.dtype) * self.given_embed
         with torch.autocast("cpu", enabled=False):  # B rows: see per_sample
             c = self.condition(timestep, class_labels, resolution, aspect_ratio)  # (B, D)
+            if self.config.pooled_context and context is not None:
+                c = c + self.pooled_embedder(pooled(context, context_mask).to(c.dtype))
         # adaLN-single: one projection for all blocks, each adds its table in float32 and rounds once
         block_c = per_sample(self.adaLN_single, c, c.dtype) if self.config.adaln == "single" else c
         if context is not None and self.config.context_projection:
@@ -372,11 +394,13 @@ class DiT(PretrainedMixin, nn.Module):
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         cmask = None if context_mask is None else context_mask.bool()[:, None, None, :]
         causal = self.config.attention == "causal"
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             args = (h, block_c, grid, rope, mask, causal, context, cmask)
             if self.config.gradient_checkpointing and self.training:
                 h = checkpoint(block, *args, use_reentrant=False)
             else:
                 h = block(*args)
+            if i == 0 and late is not None:
+                h = h + late.to(h.dtype)
         out = self.final_layer(h, c)  # (B, N, out_dim)
         return self.patcher.unpatchify(out, x)

@@ -16,6 +16,9 @@ from torch import nn
 Tensor = torch.Tensor
 
 
+TIME_POSITIONS = ("input", "after_first_block")
+
+
 @dataclass
 class PatchConfig:
     """``kind``: "image" (B,C,H,W), "video" (B,T,C,H,W) or "sequence" (B,L,C).
@@ -32,10 +35,17 @@ class PatchConfig:
     # interpolation_scale). None: the DiT paper's table of the trained grid, cropped for smaller inputs.
     pos_base: int | None = None
     pos_scale: float = 1.0
+    # Video: "input" adds the time table with the spatial one to the input tokens; "after_first_block"
+    # adds it after the first (spatial) block, as Latte does (and not at all for a single frame).
+    time_positions: str = "input"
 
     def __post_init__(self):
-        if self.pos_base is not None and self.kind != "image":
-            raise ValueError(f"pos_base (stretched sin-cos positions) is for images, not '{self.kind}'")
+        if self.pos_base is not None and self.kind == "sequence":
+            raise ValueError("pos_base (stretched sin-cos positions) is for images and video frames, not sequences")
+        if self.time_positions not in TIME_POSITIONS:
+            raise ValueError(f"time_positions must be one of {TIME_POSITIONS}, got {self.time_positions!r}")
+        if self.time_positions != "input" and self.kind != "video":
+            raise ValueError(f"time_positions={self.time_positions!r} is for video, not '{self.kind}'")
         if self.pos_scale != 1.0 and self.pos_base is None:
             raise ValueError("pos_scale applies to stretched positions: set pos_base too "
                              "(diffusers' base_size, the trained grid's height in patches)")
@@ -90,6 +100,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2) * sin
 
 
+def frame_table(dim: int, height: int, width: int, stretch: tuple[int, float] | None) -> Tensor:
+    """A frame's (H*W, dim) sin-cos table: the DiT paper's, or stretched to ``(base, scale)``."""
+    return sincos_2d(dim, height, width) if stretch is None else sincos_2d_stretched(dim, height, width, *stretch)
+
+
 # ---------------------------------------------------------------------------------- patchers
 
 class Patcher(nn.Module, ABC):
@@ -108,6 +123,10 @@ class Patcher(nn.Module, ABC):
     @abstractmethod
     def positions(self, like: Tensor) -> Tensor | None:  # (N, hidden) added to tokens, or None
         ...
+
+    def late_positions(self, like: Tensor) -> Tensor | None:
+        """(N, hidden) added after the DiT's first block (Latte's time positions), or None."""
+        return None
 
     def grid(self, like: Tensor) -> tuple[int, int] | None:
         """``(frames, tokens_per_frame)`` for frame attention; None when there is no time axis."""
@@ -142,7 +161,7 @@ class ImagePatcher(Patcher):
         return rearrange(tokens, "b (h w) (c p q) -> b c (h p) (w q)", h=h, p=self.p, q=self.p)
 
     def table(self, hidden: int, h: int, w: int) -> Tensor:
-        return sincos_2d(hidden, h, w) if self.stretch is None else sincos_2d_stretched(hidden, h, w, *self.stretch)
+        return frame_table(hidden, h, w, self.stretch)
 
     def positions(self, like):
         h, w = like.shape[-2] // self.p, like.shape[-1] // self.p
@@ -159,7 +178,8 @@ class ImagePatcher(Patcher):
 class VideoPatcher(Patcher):
     """(B, T, C, H, W) -> (B, T/pt * H/p * W/p, C*pt*p*p) tubelets, frame-major so that frame
     attention can regroup by ``(frames, tokens_per_frame)``. Positions are separable: a 2-D
-    spatial table plus a 1-D temporal table."""
+    spatial table (stretched to any frame size with ``pos_base``, as for images) plus a 1-D
+    temporal table, added with it or after the first block (``time_positions``)."""
 
     def __init__(self, config: PatchConfig, hidden: int):
         super().__init__()
@@ -168,7 +188,10 @@ class VideoPatcher(Patcher):
         if h % self.p or w % self.p or t % self.pt:
             raise ValueError(f"video size {config.size} is not divisible by patches ({self.pt}, {self.p})")
         self.token_dim = config.channels * self.pt * self.p**2
-        self.register_buffer("pos_space", sincos_2d(hidden, h // self.p, w // self.p))
+        self.size = (h // self.p, w // self.p)
+        self.stretch = None if config.pos_base is None else (config.pos_base, config.pos_scale)
+        self.time_late = config.time_positions == "after_first_block"
+        self.register_buffer("pos_space", frame_table(hidden, *self.size, self.stretch))
         self.register_buffer("pos_time", sincos_1d(hidden, torch.arange(t // self.pt)))
 
     def patchify(self, x):
@@ -187,7 +210,25 @@ class VideoPatcher(Patcher):
         if frames > len(self.pos_time):
             raise ValueError(f"{like.shape[1]} frames is more than the {len(self.pos_time) * self.pt} "
                              f"this model was built for")
-        return (self.pos_time[:frames, None, :] + self.pos_space[None]).flatten(0, 1)
+        space = self.space_table(like)[None]  # (1, H*W, D)
+        if self.time_late:
+            return space.expand(frames, -1, -1).flatten(0, 1)
+        return (self.pos_time[:frames, None, :] + space).flatten(0, 1)
+
+    def late_positions(self, like):
+        frames, n = self.grid(like)
+        if not self.time_late or frames == 1:  # Latte skips the table for a single frame
+            return None
+        return self.pos_time[:frames, None, :].expand(-1, n, -1).flatten(0, 1)
+
+    def space_table(self, like) -> Tensor:
+        h, w = like.shape[-2] // self.p, like.shape[-1] // self.p
+        if (h, w) == self.size:
+            return self.pos_space
+        if self.stretch is None:
+            raise ValueError(f"frames of {like.shape[-2]}x{like.shape[-1]} are not the trained "
+                             f"{self.size[0] * self.p}x{self.size[1] * self.p}")
+        return frame_table(self.pos_space.shape[-1], h, w, self.stretch).to(self.pos_space.device)
 
 
 class SequencePatcher(Patcher):

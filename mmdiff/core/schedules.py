@@ -24,6 +24,11 @@ import torch
 
 Tensor = torch.Tensor
 SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr")
+# How diffusers' scheduler classes place ``steps`` integer timesteps for one spacing name:
+# EulerDiscrete (unrounded linspace), DDIM/DDPM (rounded linspace) and DPM-Solver/UniPC (steps + 1
+# points, the last dropped). The grid a loaded scheduler config asks for is its class's.
+GRID_RULES = ("euler", "ddim", "dpmsolver")
+FINAL_LEVELS = ("zero", "first")
 
 
 def _f64(x) -> Tensor:
@@ -86,7 +91,14 @@ class Schedule(ABC):
             sig = self.sigma(self.spaced_t(steps, spacing))
         else:
             raise ValueError(f"unknown spacing '{spacing}'; choose one of {SPACINGS}")
-        return torch.cat([sig, sig.new_zeros(1)]).to(dtype)
+        final = self.final_sigma()
+        if final >= float(sig[-1]):  # the grid already ends there: diffusers' last step is the identity
+            return sig.to(dtype)
+        return torch.cat([sig, sig.new_full((1,), final)]).to(dtype)
+
+    def final_sigma(self) -> float:
+        """The level a full solve ends at (0: the data)."""
+        return 0.0
 
     def spaced_t(self, steps: int, spacing: str) -> Tensor:
         """Times for the uniform spacings (diffusers' names, Lin et al. 2023 Table 2)."""
@@ -115,17 +127,19 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
 
 # --------------------------------------------------------------------------------------- discrete
 
-def ddpm_betas(kind: str, num_timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+def ddpm_betas(kind: str, num_timesteps: int, beta_start: float, beta_end: float,
+               dtype: torch.dtype = torch.float64) -> Tensor:
+    """The betas, made in ``dtype`` as diffusers makes them in float32 (the cosine's in float64, then cast)."""
     if kind == "linear":
-        return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        return torch.linspace(beta_start, beta_end, num_timesteps, dtype=dtype)
     if kind == "scaled_linear":
-        return torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=dtype) ** 2
     if kind == "cosine":
         # Nichol & Dhariwal (2021) eq. 17 with s = 0.008, betas clipped at 0.999 (their choice).
         def alpha_bar(t):
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
         return _f64([min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), 0.999)
-                     for i in range(num_timesteps)])
+                     for i in range(num_timesteps)]).to(dtype)
     raise ValueError(f"unknown beta schedule '{kind}'")
 
 
@@ -154,14 +168,27 @@ class DiscreteSchedule(Schedule):
     # A zero-SNR last step has alpha_bar = 0 and infinite VE sigma; diffusers clamps alpha_bar to
     # 2**-24 for the same reason, which makes sigma_max = 4096.
     terminal_alpha_bar: float = 2.0**-24
+    # Reproducing a diffusers scheduler: ``float32_cumprod`` makes the betas and their cumulative
+    # product in float32 as diffusers does (its alphas_cumprod bit for bit; float64 differs by
+    # ~1e-7); ``grid_rule`` is its class's timestep placement (GRID_RULES); ``final_level`` "first"
+    # ends a solve at the first training step's level instead of 0 (DDIM's set_alpha_to_one=False,
+    # DPM-Solver's final_sigmas_type="sigma_min").
+    float32_cumprod: bool = False
+    grid_rule: str = "euler"
+    final_level: str = "zero"
     table: Tensor = field(init=False, repr=False)
     _tables: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self):
-        betas = ddpm_betas(self.name, self.num_timesteps, self.beta_start, self.beta_end)
+        if self.grid_rule not in GRID_RULES:
+            raise ValueError(f"unknown grid_rule '{self.grid_rule}'; choose one of {GRID_RULES}")
+        if self.final_level not in FINAL_LEVELS:
+            raise ValueError(f"unknown final_level '{self.final_level}'; choose one of {FINAL_LEVELS}")
+        dtype = torch.float32 if self.float32_cumprod else torch.float64
+        betas = ddpm_betas(self.name, self.num_timesteps, self.beta_start, self.beta_end, dtype)
         if self.zero_terminal_snr:
             betas = rescale_zero_terminal_snr(betas)
-        alpha_bar = torch.cumprod(1 - betas, 0)
+        alpha_bar = torch.cumprod(1 - betas, 0).double()
         if self.zero_terminal_snr:
             alpha_bar[-1] = self.terminal_alpha_bar
         self.alphas_cumprod = alpha_bar
@@ -195,13 +222,19 @@ class DiscreteSchedule(Schedule):
     def timestep(self, sigma) -> Tensor:
         return self.t(sigma) * (self.num_timesteps - 1)
 
+    def final_sigma(self) -> float:
+        return float(self.table[0]) if self.final_level == "first" else 0.0
+
     def spaced_t(self, steps: int, spacing: str) -> Tensor:
-        # The integer grids of diffusers' EulerDiscreteScheduler (leading adds steps_offset).
+        # The integer grids of diffusers' schedulers, by class (grid_rule); leading adds steps_offset.
         n, last = self.num_timesteps, self.num_timesteps - 1
+        extra = self.grid_rule == "dpmsolver"  # steps + 1 points, the last (lowest) dropped
         if spacing == "linspace":
-            idx = np.linspace(0, last, steps)[::-1]
+            idx = np.linspace(0, last, steps + extra)
+            idx = (idx if self.grid_rule == "euler" else idx.round())[::-1][:steps]
         elif spacing == "leading":
-            idx = (np.arange(steps) * (n // steps)).round()[::-1] + self.steps_offset
+            ratio = n // (steps + extra)
+            idx = (np.arange(steps + extra) * ratio).round()[::-1][:steps] + self.steps_offset
         elif spacing == "trailing":
             # [:steps]: arange with a float step yields one index too many for some step
             # counts (61, 103, ...), as in diffusers
@@ -304,13 +337,18 @@ def get_schedule(name: str, **options) -> Schedule:
         raise ValueError(f"schedule '{name}' does not take options {sorted(options)}: {e}") from e
 
 
+# DiscreteSchedule's options for reproducing diffusers, written to a config only when set
+DIFFUSERS_EXACT = {"float32_cumprod": False, "grid_rule": "euler", "final_level": "zero"}
+
+
 def schedule_config(schedule: Schedule) -> dict:
     """The options that rebuild ``schedule`` with ``get_schedule`` (stored in pipeline configs)."""
     if isinstance(schedule, DiscreteSchedule):
         return {"name": schedule.name, "num_timesteps": schedule.num_timesteps,
                 "beta_start": schedule.beta_start, "beta_end": schedule.beta_end,
                 "zero_terminal_snr": schedule.zero_terminal_snr, "steps_offset": schedule.steps_offset,
-                "default_spacing": schedule.default_spacing}
+                "default_spacing": schedule.default_spacing,
+                **{k: getattr(schedule, k) for k, default in DIFFUSERS_EXACT.items() if getattr(schedule, k) != default}}
     if isinstance(schedule, FlowSchedule):
         return {"name": "flow", "shift": schedule.shift, "num_timesteps": schedule.num_timesteps,
                 "default_spacing": schedule.default_spacing}

@@ -141,7 +141,9 @@ class VideoClips(SkipUnreadable):
 
 class VideoFolderDataset(VideoClips):
     """``root/<class_name>/*.mp4|webm|mkv|mov|gif|avi`` (labels from sorted folder names) or a flat
-    folder (unconditional), decoded with PyAV. Every file is probed when the folder is scanned;
+    folder (unconditional), decoded with PyAV; a caption ``<video stem>.txt`` next to a video
+    becomes the item's ``caption`` (text-to-video; "" for a video without one when any has one).
+    Every file is probed when the folder is scanned;
     undecodable ones are skipped with a warning and listed in ``skipped``. ``channels=None`` means 1 if
     every video's first frame is gray, else 3. See ``VideoClips`` for sampling and padding.
     """
@@ -158,6 +160,7 @@ class VideoFolderDataset(VideoClips):
         self.channels = channels or (1 if all(gray for *_, (_, gray) in good) else 3)
         self.num_classes = len(self.class_names)
         self.short_videos = sum(count < self.span for *_, count in self.files)
+        self.has_captions = any(path.with_suffix(".txt").is_file() for path, *_ in self.files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -167,7 +170,11 @@ class VideoFolderDataset(VideoClips):
 
     def _load(self, index: int) -> dict:
         path, label, count = self.files[index]
-        return self._clip(path, count, label)
+        item = self._clip(path, count, label)
+        if self.has_captions:  # every item or none, so batches collate
+            caption = path.with_suffix(".txt")
+            item["caption"] = caption.read_text(encoding="utf-8").strip() if caption.is_file() else ""
+        return item
 
 
 class HFVideoDataset(HFRows, VideoClips):

@@ -36,22 +36,38 @@ class LatentPipeline(Pipeline):
         return self.autoencoder.decode(latents.to(self.dtype)).float().clamp(-1, 1).cpu()
 
     @staticmethod
-    def check_output_type(output_type: str) -> None:
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
+    def check_output_type(output_type: str, allowed: tuple[str, ...] = OUTPUT_TYPES) -> None:
+        if output_type not in allowed:
+            names = [repr(a) for a in allowed]
+            raise ValueError(f"output_type must be {', '.join(names[:-1])} or {names[-1]}, got {output_type!r}")
 
     # -------------------------------------------------------------------------- conditions
     def conditioning(self, class_labels=None, prompt=None, count: int | None = None,
-                     count_name: str = "num_images") -> tuple[dict, dict | None, int]:
-        """``(cond, uncond, batch)`` for labels, a prompt (or prompts), or ``count`` unconditional
-        samples (``count_name`` is the caller's argument, for messages)."""
+                     count_name: str = "num_images", *, negative_prompt=None,
+                     embeds: dict | None = None) -> tuple[dict, dict | None, int]:
+        """``(cond, uncond, batch)`` for labels, a prompt (or prompts), prompt embeddings
+        (``embeds``: diffusers' ``prompt_embeds``, ``prompt_attention_mask``,
+        ``negative_prompt_embeds``, ``negative_prompt_attention_mask``), or ``count``
+        unconditional samples (``count_name`` is the caller's argument, for messages)."""
         if count is not None:
             checks.integer(count_name, count, low=1)
-        if prompt is not None:
+        embeds = {k: v for k, v in (embeds or {}).items() if v is not None}
+        if prompt is not None or embeds:
             if class_labels is not None:
                 raise ValueError("pass class_labels or prompt, not both")
-            return self._prompt_conditioning(prompt)
+            if prompt is not None and "prompt_embeds" in embeds:
+                raise ValueError("pass prompt or prompt_embeds, not both")
+            if isinstance(prompt, str) and count is not None:
+                prompt = [prompt] * count  # one prompt serves every sample
+            elif isinstance(prompt, (list, tuple)) and count is not None and len(prompt) != count:
+                raise ValueError(f"{len(prompt)} prompts for {count_name}={count}; pass one prompt or {count}")
+            return self._prompt_conditioning(prompt, negative_prompt, embeds)
         labels, batch = self._labels(class_labels, count, count_name)
+        if labels is None and self.components.get("text_encoder") is not None:
+            # a text model's "no condition" is the empty prompt it was trained with for dropped ones
+            context, mask = self._encode([""] * batch, "prompt")
+            cond = {"context": context, "context_mask": mask}
+            return cond, cond, batch
         cond = {"class_labels": labels} if labels is not None else {}
         return cond, self._uncond(labels), batch
 
@@ -83,17 +99,51 @@ class LatentPipeline(Pipeline):
             return None
         return {"class_labels": torch.full_like(labels, self.model.null_class)}
 
-    def _prompt_conditioning(self, prompt) -> tuple[dict, dict, int]:
+    def _prompt_conditioning(self, prompt, negative_prompt, embeds: dict) -> tuple[dict, dict | None, int]:
+        if "prompt_embeds" in embeds:
+            context, mask = self._given_embeddings(embeds, "prompt_embeds", "prompt_attention_mask")
+        else:
+            context, mask = self._encode(prompt, "prompt")
+        batch = len(context)
+        if "negative_prompt_embeds" in embeds:
+            empty, empty_mask = self._given_embeddings(embeds, "negative_prompt_embeds",
+                                                       "negative_prompt_attention_mask", batch)
+        elif self.components.get("text_encoder") is None:
+            return {"context": context, "context_mask": mask}, None, batch  # guidance then asks for them
+        else:
+            negative = "" if negative_prompt is None else negative_prompt
+            empty, empty_mask = self._encode([negative] * batch if isinstance(negative, str) else negative,
+                                             "negative_prompt")
+        if empty.shape[0] != batch or empty.shape[2:] != context.shape[2:]:
+            checks.fail("negative_prompt_embeds", f"shaped ({batch}, M, {context.shape[-1]}) like the prompt's",
+                        tuple(empty.shape))
+        return {"context": context, "context_mask": mask}, {"context": empty, "context_mask": empty_mask}, batch
+
+    def _encode(self, prompt, name: str):
         encoder = self.components.get("text_encoder")
         if encoder is None:
-            raise ValueError("this model was not trained with a text encoder: pass class_labels, not prompt")
-        prompts = _as_list(prompt, "prompt")
+            raise ValueError(f"this pipeline has no text encoder: pass {name}_embeds (and its attention mask) "
+                             f"instead of {name}" if self.model.config.context_dim else
+                             "this model was not trained with a text encoder: pass class_labels, not prompt")
+        prompts = _as_list(prompt, name)
         if not all(isinstance(p, str) for p in prompts):
-            checks.fail("prompt", "a string or a list of strings", prompt, error=TypeError)
-        context, mask = encoder(prompts)
-        empty, empty_mask = encoder([""] * len(prompts))
-        return ({"context": context, "context_mask": mask}, {"context": empty, "context_mask": empty_mask},
-                len(prompts))
+            checks.fail(name, "a string or a list of strings", prompt, error=TypeError)
+        return encoder(prompts)
+
+    def _given_embeddings(self, embeds: dict, name: str, mask_name: str, batch: int | None = None):
+        """Embeddings (B, M, D) as diffusers takes them, with their padding mask (B, M), 1 = a token."""
+        context = embeds[name]
+        width = self.model.config.context_dim
+        if not isinstance(context, torch.Tensor) or context.ndim != 3 or context.shape[-1] != width:
+            checks.fail(name, f"a (B, M, {width}) tensor of text-encoder states",
+                        tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__,
+                        error=TypeError if not isinstance(context, torch.Tensor) else ValueError)
+        mask = embeds.get(mask_name)
+        if mask is None:
+            mask = torch.ones(context.shape[:2], dtype=torch.bool)
+        if tuple(mask.shape) != tuple(context.shape[:2]):
+            checks.fail(mask_name, f"shaped {tuple(context.shape[:2])} like {name}'s (B, M)", tuple(mask.shape))
+        return context.to(self.device, self.dtype), mask.to(self.device).bool()
 
     # ---------------------------------------------------------------------------- pictures
     def picture_latents(self, image, batch: int, name: str = "image") -> torch.Tensor:

@@ -7,6 +7,7 @@
 ``task.py`` is what training needs, ``pipeline.py`` what sampling needs.
 """
 from .pipeline import ImagePipeline
+from . import pretrained  # noqa: F401  (registers diffusers' DiT and PixArt pipelines with mmdiff.pretrained)
 from .task import ImageArgs, ImageTask
 
 __all__ = ["ImageArgs", "ImagePipeline", "ImageTask"]

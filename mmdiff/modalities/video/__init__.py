@@ -7,6 +7,7 @@ attention by regrouping tokens (``attention="factorized"``) or attends over all 
 (``"joint"``). ``task.py`` is what training needs, ``pipeline.py`` what sampling needs.
 """
 from .pipeline import VideoOutput, VideoPipeline
+from . import pretrained  # noqa: F401  (registers diffusers' Latte pipeline with mmdiff.pretrained)
 from .task import ATTENTIONS, VideoArgs, VideoTask, given_frames_mask
 
 __all__ = ["ATTENTIONS", "VideoArgs", "VideoOutput", "VideoPipeline", "VideoTask", "given_frames_mask"]

@@ -1,5 +1,6 @@
 """Training on clips: per-frame latents (any image autoencoder), tubelet tokens for the DiT with
-frame attention, and image-to-video training by given frames.
+frame attention, and image-to-video training by given frames; with ``--text_encoder``, prompts
+(captions, or class names through ``--prompt_template``) in place of labels (``prompts.py``).
 
 Given frames stay clean (zero noise) in training, are left out of the loss and are flagged to the
 DiT through ``given=``; at sampling ``keep_known`` holds them fixed (``pipeline.py``).
@@ -19,13 +20,14 @@ from ...core.checkpoint import DTYPES
 from ...core.patch import PatchConfig
 from ...data.video import build_video_dataset
 from ..latent_task import CROPS, DiffusionArgs, LatentDiffusionTask
+from ..prompts import PromptArgs, PromptTask
 from .pipeline import VideoPipeline
 
 ATTENTIONS = ("factorized", "joint")
 
 
 @dataclass
-class VideoArgs(DiffusionArgs):
+class VideoArgs(DiffusionArgs, PromptArgs):
     data: str = field(default="moving-digits", metadata={"help": "moving-digits, a video folder, or a HF data set"})
     num_frames: int = field(default=16, metadata={"help": "frames per training clip (the most a sample can have)"})
     frame_stride: int = field(default=1, metadata={"help": "take every n-th frame of a video file"})
@@ -53,6 +55,7 @@ class VideoArgs(DiffusionArgs):
         checks.choice("--attention", self.attention, ATTENTIONS)
         checks.probability("--given_frames_prob", self.given_frames_prob)
         checks.choice("--export_dtype", self.export_dtype, DTYPES)
+        self.check_prompt_args()
         if self.num_frames % self.temporal_patch:
             checks.fail("--num_frames", f"a multiple of --temporal_patch {self.temporal_patch}", self.num_frames)
 
@@ -76,7 +79,7 @@ def given_frames_mask(batch: int, frames: int, generator: torch.Generator | None
     return mask.to(device)
 
 
-class VideoTask(LatentDiffusionTask):
+class VideoTask(PromptTask, LatentDiffusionTask):
     modality = "video"
     data_key = "video"
     pipeline_class = VideoPipeline
@@ -108,7 +111,8 @@ class VideoTask(LatentDiffusionTask):
         return PatchConfig("video", c, (t, h, w), temporal_patch=self.args.temporal_patch)
 
     def extra_dit_options(self):
-        return {"given_embedding": True}  # the attention layout is the shared --attention option
+        # the attention layout is the shared --attention option; the context width the prompts'
+        return {**super().extra_dit_options(), "given_embedding": True}
 
     def training_extras(self, x0):
         """Image-to-video training: a share of the clips gets given frames, which are kept clean
@@ -124,12 +128,12 @@ class VideoTask(LatentDiffusionTask):
         """Class-conditional samples (one per class) and image-to-video samples from the first
         frames of training clips, saved as mp4, gif and a png strip per video."""
         pipe = self.pipeline(model)
-        n = self.num_classes
-        out = pipe(class_labels=list(range(n)) if n else None, num_videos=None if n else 8, generator=0,
-                   progress=False)
+        n = self.sample_classes()
+        out = pipe(**self.class_conditions(list(range(n)) if n else None), num_videos=None if n else 8,
+                   generator=0, progress=False)
         clips = [self.dataset[i] for i in range(4)]
         firsts = torch.stack([c[self.data_key][0] for c in clips])  # (4, C, H, W)
-        i2v = pipe(class_labels=[int(c["label"]) for c in clips] if n else None, first_frame=firsts,
+        i2v = pipe(**self.class_conditions([int(c["label"]) for c in clips] if n else None), first_frame=firsts,
                    generator=1, progress=False)
         folder = Path(folder)
         scale = max(1, 128 // self.args.resolution)
