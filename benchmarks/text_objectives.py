@@ -128,7 +128,8 @@ def write(args, rows) -> str:
     header = ["objective", "parameters", "training tokens", "train wall / CPU s", "train tokens per CPU s",
               "held-out NLL or bound (nats/token)", "sampler", "steps", "sample quality", "unigram entropy",
               "sample tokens per CPU s"]
-    md = (f"**{args.data}**, {args.num_samples} samples per row of {rows[0][2] // 1} training tokens each; sample "
+    md = (f"**{args.data}**, {args.num_samples} samples of 64 tokens per row, {rows[0][2] / 1e6:.1f}M training "
+          f"tokens per model; sample "
           f"quality = {what}. Likelihood column: AR exact NLL, masked the MDLM NELBO, continuous the Gaussian "
           f"diffusion ELBO (upper bounds; 8 draws per window over {args.heldout} held-out windows, the leading "
           f"bos excluded).\n\n" + table(header, rows)

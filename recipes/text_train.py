@@ -1,7 +1,9 @@
-"""Train a continuous text diffusion model (CDCD-style) or its autoregressive baseline.
+"""Train a continuous text diffusion model (CDCD-style), a masked one (MDLM-style) or their
+autoregressive baseline.
 
     accelerate launch recipes/text_train.py                               # python-docstrings, CPU, minutes
     accelerate launch recipes/text_train.py --objective ar --output_dir runs/text-docstrings-ar
+    accelerate launch recipes/text_train.py --objective masked --output_dir runs/text-docstrings-masked
     accelerate launch recipes/text_train.py --config recipes/configs/text_markov.yaml
     accelerate launch --multi_gpu recipes/text_train.py --config recipes/configs/text_owt_plaid.yaml
 

@@ -249,3 +249,18 @@ def test_objective_option_and_the_legacy_name():
         TextArgs(objective="masked", mask_sampler="euler")
     continuous = mmdiff.pipeline("text", objective="continuous")
     assert continuous.model.config.objective == "continuous"
+    assert mmdiff.pipeline("text").model.config.objective == "continuous"  # the default (docs/text.md: why)
+
+
+def test_shipped_masked_model_loads_small_and_writes_text():
+    from mmdiff.pipelines import ASSETS
+    folder = ASSETS / "text-docstrings-masked"
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 8 * 2**20
+    pipe = mmdiff.pipeline("text", objective="masked")
+    assert pipe.model.config.objective == "masked" and pipe.dtype == torch.float32  # bf16 file, fp32 compute
+    out = pipe("The function returns", max_new_tokens=12, num_inference_steps=8, generator=0)
+    assert isinstance(out, str) and out
+    filled = pipe("Return the ____ of the ____.", infill_marker="____", num_inference_steps=8, generator=0)
+    assert filled.startswith("Return the") and filled.endswith(".")
+    with pytest.raises(ValueError, match="unknown objective .ar.; choose one of"):
+        mmdiff.pipeline("text", objective="ar")

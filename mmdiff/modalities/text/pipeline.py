@@ -36,7 +36,7 @@ class TextPipeline(Pipeline):
 
     default_model = "text-docstrings"
     # ``pipeline("text", objective=...)``: the shipped folder of each objective
-    default_models = {"continuous": "text-docstrings"}
+    default_models = {"continuous": "text-docstrings", "masked": "text-docstrings-masked"}
     spacings = SPACINGS + ("warp",)  # the learned time warp
     progress = False  # a continuation is many short solves
 
