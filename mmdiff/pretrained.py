@@ -25,6 +25,8 @@ from typing import Callable
 
 import torch
 
+from .components.autoencoders import AutoencoderKL
+from .components.encoders import TextEncoder
 from .core.checkpoint import CONFIG_NAME, PICKLE_SUFFIXES, CheckpointError, read_config_json
 from .core.schedules import DiscreteSchedule, Schedule
 
@@ -122,6 +124,19 @@ def part(folder: Path, index: dict, name: str, required: bool = True) -> Path | 
     return folder / name
 
 
+def latent_components(folder: Path, index: dict, model, caption_tokens: int | None = None) -> dict:
+    """A diffusers latent pipeline's parts around its network: the AutoencoderKL and, for a
+    captioned model whose folder has them, the T5 encoder and tokenizer (without them,
+    ``prompt_embeds=`` is the way in)."""
+    components = {"model": model, "autoencoder": AutoencoderKL.from_pretrained(part(folder, index, "vae"))}
+    encoder, tokenizer = part(folder, index, "text_encoder", False), part(folder, index, "tokenizer", False)
+    if caption_tokens and encoder is not None and tokenizer is not None:
+        # diffusers' pipelines lower-case and strip captions (their clean_caption needs bs4 and ftfy)
+        components["text_encoder"] = TextEncoder.from_parts(encoder, tokenizer, lowercase=True,
+                                                            max_length=caption_tokens)
+    return components
+
+
 # ------------------------------------------------------------------------------------ schedulers
 
 @dataclass(frozen=True)
@@ -213,3 +228,11 @@ def read_scheduler(folder: Path, index: dict) -> SchedulerSettings:
     if not path.is_file():
         raise CheckpointError(f"{where} has no {SCHEDULER_FILE}")
     return scheduler_settings(read_json(path), str(path))
+
+
+def trained_ddpm() -> SchedulerSettings:
+    """For a bare transformer folder, which has no scheduler: the DDPM schedule DiT, PixArt and
+    Latte were trained with (linear betas 1e-4..0.02 over 1000 steps, float32 alpha_bar), sampled
+    with dpmpp_2m as their pipelines' DPM-Solver++ default."""
+    schedule = DiscreteSchedule(name="linear", float32_cumprod=True, grid_rule="dpmsolver", default_spacing="linspace")
+    return SchedulerSettings(schedule, "eps", "dpmpp_2m", "linspace")

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...components.autoencoders import AutoencoderKL, IdentityAutoencoder
+from ...components.autoencoders import IdentityAutoencoder
 from ...components.converters import SUPPORTED_CLASSES, load_diffusers_transformer
-from ...components.encoders import TextEncoder
-from ...core.schedules import DiscreteSchedule
-from ...pretrained import SchedulerSettings, part, read_scheduler, register_loader, register_model_loader
+from ...pretrained import (SchedulerSettings, latent_components, part, read_scheduler, register_loader,
+                           register_model_loader, trained_ddpm)
 from ...registry import PipelineConfig
 from .bins import BINNED_RESOLUTIONS
 
@@ -40,27 +39,21 @@ def _resolution(model, vae) -> int:
 
 @register_loader("DiTPipeline", task="image")
 def load_dit_pipeline(cls, folder: Path, index: dict):
-    model = load_diffusers_transformer(part(folder, index, "transformer"))
-    vae = AutoencoderKL.from_pretrained(part(folder, index, "vae"))
+    components = latent_components(folder, index, load_diffusers_transformer(part(folder, index, "transformer")))
+    model, vae = components["model"], components["autoencoder"]
     sched = read_scheduler(folder, index)
     # ImageNet's "tench, Tinca tinca": the first name of each class stands for it
     labels = index.get("id2label") or {}
     names = [labels[k].split(",")[0].strip() for k in sorted(labels, key=int)] if labels else None
     config = _config(sched, DIT_DEFAULTS, class_names=names, resolution=_resolution(model, vae))
-    return cls({"model": model, "autoencoder": vae}, sched.schedule, config)
+    return cls(components, sched.schedule, config)
 
 
 def load_pixart_pipeline(cls, folder: Path, index: dict):
-    model = load_diffusers_transformer(part(folder, index, "transformer"))
-    vae = AutoencoderKL.from_pretrained(part(folder, index, "vae"))
+    components = latent_components(folder, index, load_diffusers_transformer(part(folder, index, "transformer")),
+                                   CAPTION_TOKENS[index["_class_name"]])
     sched = read_scheduler(folder, index)
-    components = {"model": model, "autoencoder": vae}
-    encoder, tokenizer = part(folder, index, "text_encoder", False), part(folder, index, "tokenizer", False)
-    if encoder is not None and tokenizer is not None:  # without them, prompt_embeds= is the way in
-        # diffusers lower-cases and strips captions (its clean_caption needs bs4 and ftfy)
-        components["text_encoder"] = TextEncoder.from_parts(encoder, tokenizer, lowercase=True,
-                                                            max_length=CAPTION_TOKENS[index["_class_name"]])
-    size = _resolution(model, vae)
+    size = _resolution(components["model"], components["autoencoder"])
     config = _config(sched, PIXART_DEFAULTS, resolution=size, resolution_bins=size in BINNED_RESOLUTIONS or None)
     return cls(components, sched.schedule, config)
 
@@ -73,11 +66,10 @@ def load_transformer_folder(cls, folder: Path, config: dict):
     """A bare transformer folder: the network in latent space, sampled on the DDPM schedule
     (linear betas 1e-4..0.02 over 1000 steps) DiT and PixArt were trained with."""
     model = load_diffusers_transformer(folder)
-    schedule = DiscreteSchedule(name="linear", float32_cumprod=True, grid_rule="dpmsolver", default_spacing="linspace")
-    settings = SchedulerSettings(schedule, "eps", "dpmpp_2m", "linspace")
+    settings = trained_ddpm()
     defaults = PIXART_DEFAULTS if model.config.context_dim else DIT_DEFAULTS
     autoencoder = IdentityAutoencoder(model.config.patch.channels)
-    return cls({"model": model, "autoencoder": autoencoder}, schedule, _config(settings, defaults))
+    return cls({"model": model, "autoencoder": autoencoder}, settings.schedule, _config(settings, defaults))
 
 
 for _name in SUPPORTED_CLASSES:

@@ -9,26 +9,24 @@ import torch
 from PIL import Image
 
 from ...components.autoencoders import load_autoencoder
-from ...components.encoders import TextEncoder
 from ...core import checks
 from ...core.patch import PatchConfig
 from ...data.images import build_image_dataset
 from ...media import save_image_grid
 from ..latent_task import CROPS, DiffusionArgs, LatentDiffusionTask
+from ..prompts import PromptArgs, PromptTask
 from .pipeline import ImagePipeline
 
 
 @dataclass
-class ImageArgs(DiffusionArgs):
+class ImageArgs(DiffusionArgs, PromptArgs):
     resolution: int = field(default=8, metadata={"help": "images are resized/cropped to this size"})
     channels: int | None = field(default=None, metadata={"help": "1 or 3 (default: the data's)"})
     crop: str = field(default="center", metadata={"help": "center | random"})
     random_flip: bool = False
-    text_encoder: str | None = field(default=None, metadata={
-        "help": "local folder of a transformers text encoder: condition on prompts by cross-attention"})
-    prompt_template: str = field(default="{label}", metadata={
-        "help": "prompt made from a class name when the data has no captions, e.g. 'a photo of a {label}'"})
-    max_prompt_length: int = 77
+    # image models condition on prompts by cross-attention alone unless asked (as before pooling existed)
+    pooled_prompt: bool = field(default=False, metadata={
+        "help": "also condition the adaLN modulation on the averaged prompt embedding (SD3's pooled text)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -36,52 +34,13 @@ class ImageArgs(DiffusionArgs):
         if self.channels is not None:
             checks.choice("--channels", self.channels, (1, 3))
         checks.choice("--crop", self.crop, CROPS)
-        checks.integer("--max_prompt_length", self.max_prompt_length, low=1)
-        if self.text_encoder and "{label}" not in self.prompt_template:
-            checks.fail("--prompt_template", "a template with {label} in it", self.prompt_template,
-                        "without it every class gets the same prompt")
+        self.check_prompt_args()
 
 
-class ImageTask(LatentDiffusionTask):
+class ImageTask(PromptTask, LatentDiffusionTask):
     modality = "image"
     data_key = "image"
     pipeline_class = ImagePipeline
-
-    def __init__(self, args: ImageArgs):
-        super().__init__(args)
-        self.text_encoder = None
-
-    def setup(self):
-        if self.args.text_encoder:
-            self.text_encoder = TextEncoder.from_pretrained(self.args.text_encoder,
-                                                            max_length=self.args.max_prompt_length)
-        super().setup()
-
-    def count_classes(self):
-        return 0 if self.text_encoder is not None else super().count_classes()
-
-    def extra_dit_options(self):
-        return {"context_dim": self.text_encoder.hidden_size} if self.text_encoder is not None else {}
-
-    def prompts(self, batch: dict) -> list[str]:
-        if "caption" in batch:
-            return list(batch["caption"])
-        return [self.args.prompt_template.format(label=self.class_names[int(i)]) for i in batch["label"]]
-
-    def conditioning(self, batch):
-        if self.text_encoder is None:
-            return super().conditioning(batch)
-        prompts = self.prompts(batch)
-        drop = torch.rand(len(prompts)) < self.args.class_dropout  # "" is the unconditional prompt
-        self.text_encoder.to(batch[self.data_key].device)
-        context, mask = self.text_encoder(["" if d else p for p, d in zip(prompts, drop.tolist())])
-        return {"context": context, "context_mask": mask}
-
-    def pipeline(self, model):
-        pipe = super().pipeline(model)
-        if self.text_encoder is not None:
-            pipe.components["text_encoder"] = self.text_encoder
-        return pipe
 
     def build_dataset(self):
         a = self.args
@@ -98,15 +57,11 @@ class ImageTask(LatentDiffusionTask):
 
     def validation(self, model, step, folder):
         pipe = self.pipeline(model)
-        n = self.num_classes or (len(self.class_names) if self.text_encoder is not None else 0)
+        n = self.sample_classes()
         per_class = min(8, max(1, 64 // max(n, 1)))
         labels = [i % n for i in range(n * per_class)] if n else None
-        if self.text_encoder is not None and labels is not None:
-            prompts = [self.args.prompt_template.format(label=self.class_names[i]) for i in labels]
-            images = pipe(prompt=prompts, generator=0, progress=False, output_type="pt")
-        else:
-            images = pipe(class_labels=labels, num_images=None if n else 64, generator=0, progress=False,
-                          output_type="pt")
+        images = pipe(**self.class_conditions(labels), num_images=None if n else 64, generator=0, progress=False,
+                      output_type="pt")
         path = save_image_grid(images, Path(folder) / f"step-{step:08d}.png", nrow=n or 8)
         return {"samples": Image.open(path)}
 

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ...components.autoencoders import AutoencoderKL, IdentityAutoencoder
-from ...components.encoders import TextEncoder
+from ...components.autoencoders import IdentityAutoencoder
 from ...components.latte import CLASS_NAME, load_latte_transformer
-from ...core.schedules import DiscreteSchedule
-from ...pretrained import SchedulerSettings, part, read_scheduler, register_loader, register_model_loader
+from ...pretrained import (SchedulerSettings, latent_components, part, read_scheduler, register_loader,
+                           register_model_loader, trained_ddpm)
 from ...registry import PipelineConfig
 
 LAYOUT = "latte"
@@ -39,16 +38,10 @@ def _config(sched: SchedulerSettings, **extra) -> PipelineConfig:
 
 @register_loader("LattePipeline", task="video")
 def load_latte_pipeline(cls, folder: Path, index: dict):
-    model = load_latte_transformer(part(folder, index, "transformer"))
-    vae = AutoencoderKL.from_pretrained(part(folder, index, "vae"))
+    components = latent_components(folder, index, load_latte_transformer(part(folder, index, "transformer")),
+                                   CAPTION_TOKENS)
     sched = read_scheduler(folder, index)
-    components = {"model": model, "autoencoder": vae}
-    encoder, tokenizer = part(folder, index, "text_encoder", False), part(folder, index, "tokenizer", False)
-    if encoder is not None and tokenizer is not None:  # without them, prompt_embeds= is the way in
-        # LattePipeline lower-cases and strips prompts (its clean_caption needs bs4 and ftfy)
-        components["text_encoder"] = TextEncoder.from_parts(encoder, tokenizer, lowercase=True,
-                                                            max_length=CAPTION_TOKENS)
-    resolution = model.config.patch.size[-1] * vae.downsample_factor
+    resolution = components["model"].config.patch.size[-1] * components["autoencoder"].downsample_factor
     return cls(components, sched.schedule, _config(sched, resolution=resolution))
 
 
@@ -57,10 +50,9 @@ def load_latte_transformer_folder(cls, folder: Path, config: dict):
     """A bare transformer folder: the network in latent space (``output_type="latent"``), on the
     DDPM schedule Latte was trained with (linear betas 1e-4..0.02, 1000 steps)."""
     model = load_latte_transformer(folder)
-    schedule = DiscreteSchedule(name="linear", float32_cumprod=True, grid_rule="dpmsolver", default_spacing="linspace")
-    settings = SchedulerSettings(schedule, "eps", "dpmpp_2m", "linspace")
+    settings = trained_ddpm()
     autoencoder = IdentityAutoencoder(model.config.patch.channels)
-    return cls({"model": model, "autoencoder": autoencoder}, schedule, _config(settings))
+    return cls({"model": model, "autoencoder": autoencoder}, settings.schedule, _config(settings))
 
 
 def latte_prompts(cond: dict, uncond: dict | None, from_text: bool) -> tuple[dict, dict | None]:
