@@ -111,7 +111,7 @@ def test_img2img_and_inpainting_from_picture_files(tmp_path, capsys):
 
 
 def test_every_sampling_field_is_a_flag_and_a_new_field_becomes_one(monkeypatch):
-    names = {f.name for f in dataclasses.fields(SamplingOptions)} - {"callback"}
+    names = {f.name for f in dataclasses.fields(SamplingOptions)} - {"callback", "latents"}
     options = flags.sampling_options(build_parser().parse_args(
         ["generate", "image", "--sampler", "ddim", "--num_inference_steps", "7", "--guidance_scale", "2.5",
          "--guidance_interval", "0.5", "3", "--seed", "4", "--state_dtype", "bfloat16", "--no-progress",
@@ -179,5 +179,6 @@ def test_errors_are_one_line_naming_the_problem(capsys, args, code, message):
 def test_a_failing_command_prints_one_line_and_exits_non_zero(tmp_path):
     result = mmdiff_cli("generate", "image", "--class_labels", "3", "--model", tmp_path)
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr == f"mmdiff generate image: error: {tmp_path}/pipeline.json is missing: {tmp_path} is not " \
-                            f"a pipeline folder written by save_pretrained (it holds [])\n"
+    assert result.stderr == f"mmdiff generate image: error: {tmp_path}/pipeline.json is missing: {tmp_path} is " \
+                            f"neither a pipeline folder written by save_pretrained nor a diffusers one (model_index" \
+                            f".json, or a model's config.json with _class_name); it holds []\n"

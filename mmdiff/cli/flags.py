@@ -31,7 +31,8 @@ SPELLED = {
     "sigmas": dict(type=float, nargs="+", metavar="SIGMA"),
     "sampler": dict(choices=sorted(SAMPLERS)),
 }
-SKIPPED = ("callback",)  # a Python function: only the library and the web page pass one
+# a Python function and a noise tensor: only the library (and the web page, a callback) pass them
+SKIPPED = ("callback", "latents")
 COMMENT = re.compile(r"^\s+(\w+):[^#]*#\s*(.+)$")
 
 
