@@ -34,7 +34,8 @@ SPELLED = {
                     help="initial noise, diffusers' latents= (unit normal, the sample's shape): the file's one "
                          "tensor or its 'latents' tensor, e.g. written by safetensors.torch.save_file"),
 }
-SKIPPED = ("callback",)  # a Python function: only the library and the web page pass one
+# a Python function: only the library and the web page pass one (latents come from a file)
+SKIPPED = ("callback",)
 COMMENT = re.compile(r"^\s+(\w+):[^#]*#\s*(.+)$")
 
 
