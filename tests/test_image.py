@@ -10,6 +10,8 @@ from mmdiff.core.dit import DiT
 from mmdiff.modalities.image import ImageArgs, ImagePipeline, ImageTask
 from mmdiff.training import TrainConfig, Trainer
 
+from tiny_models import tiny_bert
+
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 TINY = dict(patch_size=2, hidden_size=32, depth=1, num_heads=2, sample_steps=3)
 
@@ -63,18 +65,6 @@ def test_img2img_strength(trained):
     trained(class_labels=[0], image=source, strength=0.5, num_inference_steps=10, generator=0, progress=False,
             callback=lambda s: seen.append(s["sigma"]))
     assert len(seen) == 5
-
-
-def tiny_bert(folder):
-    from transformers import BertConfig, BertModel, BertTokenizer
-    folder.mkdir()
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "digit"] + [str(d) for d in range(10)]
-    (folder / "vocab.txt").write_text("\n".join(words))
-    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=16)).save_pretrained(folder)
-    return folder
 
 
 def test_text_conditioning_through_cross_attention(tmp_path):

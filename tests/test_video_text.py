@@ -12,21 +12,14 @@ from mmdiff.media import save_video
 from mmdiff.modalities.video import VideoArgs, VideoTask
 from recipes.video_train import main
 
+import tiny_models
+
 WORDS = ["a", "video", "of", "the", "digit"]
 TEMPLATE = "a video of the digit {label}"
 
 
 def tiny_bert(folder):
-    """A 1-layer BERT (width 16) with a vocabulary of the prompts' words, saved as transformers does."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-    folder.mkdir(parents=True)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *(str(d) for d in range(10))]
-    (folder / "vocab.txt").write_text("\n".join(words))
-    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=16)).save_pretrained(folder)
-    return folder
+    return tiny_models.tiny_bert(folder, WORDS)
 
 
 TINY = ["--num_frames", "4", "--resolution", "16", "--num_clips", "32", "--model", "DiT-S/4", "--hidden_size", "32",
